@@ -1,0 +1,4 @@
+# ResNet-110 on CIFAR-10, greedy supervised local learning with K=4 modules;
+# the published cuts (InfoPro / DGL tables).
+_base_ = ['./cifar_resnet110_e2e.py']
+model = dict(split=dict(cuts=[(1, 11), (2, 7), (3, 3)]), local_objective=dict(type='Greedy', head=dict(type='ConvFCHead')))

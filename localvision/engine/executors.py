@@ -1,0 +1,92 @@
+"""How one training iteration of a split model runs: the source of the memory saving.
+
+A split model exposes ``num_units`` and ``forward_unit(k, h, ctx) -> (h_out, losses)``: unit
+k's forward plus its loss (local objective for k < K-1, task loss for the last). Gradients
+never cross units because each unit's input is detached from the previous unit's output.
+
+:class:`PerModuleBackward` runs unit k's forward, its loss and its **backward before unit
+k+1's forward**, so only one unit's graph is alive at a time. :class:`JointBackward` runs all
+forwards, sums the losses and calls one backward: the same gradients, no memory saving (it is
+here as the reference the benchmark compares against).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Dict, Iterator
+
+import torch
+from mmengine.optim import OptimWrapper
+
+from localvision.registry import EXECUTORS
+
+Tensor = torch.Tensor
+
+
+@contextmanager
+def uncounted(optim_wrapper: OptimWrapper) -> Iterator[None]:
+    """A backward inside this context does not count as an accumulation step.
+
+    ``OptimWrapper.backward`` counts calls to decide when to step (``accumulative_counts``);
+    one iteration of a split model calls backward once per unit but is one step.
+    """
+    count = optim_wrapper._inner_count
+    try:
+        yield
+    finally:
+        optim_wrapper._inner_count = count
+
+
+def _check_wrapper(optim_wrapper) -> None:
+    if not isinstance(optim_wrapper, OptimWrapper):
+        raise TypeError(f'local training needs one OptimWrapper (AmpOptimWrapper is fine), got '
+                        f'{type(optim_wrapper).__name__}; per-module optimizers are not supported here')
+
+
+def _merge(log_vars: Dict[str, Tensor], new: Dict[str, Tensor]) -> None:
+    for k, v in new.items():
+        if k != 'loss':
+            log_vars[k] = v
+
+
+@EXECUTORS.register_module()
+class PerModuleBackward:
+    """Unit k: forward, loss, backward, detach; then unit k+1. One optimizer step at the end."""
+
+    def __call__(self, model, ctx, optim_wrapper: OptimWrapper) -> Dict[str, Tensor]:
+        _check_wrapper(optim_wrapper)
+        log_vars: Dict[str, Tensor] = OrderedDict(loss=torch.zeros(()))
+        h = ctx.inputs
+        last = model.num_units - 1
+        total = 0.0
+        for k in range(model.num_units):
+            with optim_wrapper.optim_context(model):
+                out, losses = model.forward_unit(k, h, ctx)
+            loss, unit_vars = model.parse_losses(losses)
+            if k < last:
+                with uncounted(optim_wrapper):
+                    optim_wrapper.backward(optim_wrapper.scale_loss(loss))
+                h = out.detach()
+            else:
+                optim_wrapper.update_params(loss)
+            del out, losses
+            total = total + loss.detach()
+            _merge(log_vars, unit_vars)
+        log_vars['loss'] = total
+        return log_vars
+
+
+@EXECUTORS.register_module()
+class JointBackward:
+    """All units forward (inputs still detached at the cuts), summed losses, one backward.
+
+    Gradients equal :class:`PerModuleBackward`'s; peak memory is that of end-to-end training.
+    """
+
+    def __call__(self, model, ctx, optim_wrapper: OptimWrapper) -> Dict[str, Tensor]:
+        _check_wrapper(optim_wrapper)
+        with optim_wrapper.optim_context(model):
+            losses = model.forward_all_units(ctx)
+        loss, log_vars = model.parse_losses(losses)
+        optim_wrapper.update_params(loss)
+        return log_vars

@@ -1,0 +1,3 @@
+from .local_classifier import LocalImageClassifier
+
+__all__ = ['LocalImageClassifier']

@@ -1,0 +1,49 @@
+"""Auxiliary classifier heads that local objectives put on a module's output map."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from localvision.registry import AUX_HEADS
+
+Tensor = torch.Tensor
+
+
+@AUX_HEADS.register_module()
+class PoolLinearHead(nn.Module):
+    """Global average pool, then one linear layer (the lightest greedy head)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@AUX_HEADS.register_module()
+class ConvFCHead(nn.Module):
+    """InfoPro's "1c2f" head: conv3x3 (stride 2 if C < 64) - BN - ReLU - pool - FC - ReLU - FC.
+
+    Args:
+        in_channels: channels of the module output.
+        num_classes: outputs of the last FC.
+        hidden: width of the first FC (128 in the papers), times ``width_mult``.
+        width_mult: widens the conv and the hidden FC.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 128, width_mult: float = 1.0) -> None:
+        super().__init__()
+        conv_out = max(int(round(max(in_channels, 32) * width_mult)), 1)
+        stride = 2 if in_channels < 64 else 1
+        self.conv = nn.Conv2d(in_channels, conv_out, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(conv_out)
+        self.act = nn.ReLU(inplace=True)
+        hidden = max(int(round(hidden * width_mult)), 1)
+        self.fc1 = nn.Linear(conv_out, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.bn(self.conv(x)))
+        x = x.mean(dim=(2, 3))
+        return self.fc2(torch.relu(self.fc1(x)))

@@ -1,0 +1,43 @@
+"""Registries of localvision (scope ``localvision``).
+
+Each is a child of mmengine's root registry of the same kind, so a config with
+``default_scope='localvision'`` finds localvision's own components and falls back to
+mmengine's (``ImgDataPreprocessor``, ``OptimWrapper``, hooks, ...). Transforms also fall back to
+mmcv's (``LoadImageFromFile``, ``RandomFlip``, ``Resize``...).
+
+Segmentation and detection components are registered in mmseg's and mmdet's own registries
+instead (their configs keep ``_scope_='mmseg'`` / ``'mmdet'``), see ``localvision.seg`` and
+``localvision.det``.
+"""
+from mmcv.transforms import TRANSFORMS as MMCV_TRANSFORMS
+from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
+from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import METRICS as MMENGINE_METRICS
+from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
+from mmengine.registry import Registry
+
+SCOPE = 'localvision'
+
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['localvision.models'])
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope=SCOPE, locations=['localvision.datasets'])
+TRANSFORMS = Registry('transform', parent=MMCV_TRANSFORMS, scope=SCOPE,
+                      locations=['localvision.datasets.transforms'])
+METRICS = Registry('metric', parent=MMENGINE_METRICS, scope=SCOPE, locations=['localvision.evaluation'])
+EVALUATOR = Registry('evaluator', parent=MMENGINE_EVALUATOR, scope=SCOPE, locations=['localvision.evaluation'])
+DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope=SCOPE,
+                         locations=['localvision.datasets'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope=SCOPE, locations=['localvision.engine'])
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope=SCOPE,
+                          locations=['localvision.engine'])
+MODEL_WRAPPERS = Registry('model_wrapper', parent=MMENGINE_MODEL_WRAPPERS, scope=SCOPE,
+                          locations=['localvision.engine'])
+
+# localvision's own kinds. They have no parent, so they build the same way whatever the
+# config's default scope is (localvision, mmseg or mmdet).
+OBJECTIVES = Registry('local objective', scope=SCOPE, locations=['localvision.models.objectives'])
+AUX_HEADS = Registry('auxiliary head', scope=SCOPE, locations=['localvision.models.objectives'])
+EXECUTORS = Registry('local executor', scope=SCOPE, locations=['localvision.engine'])

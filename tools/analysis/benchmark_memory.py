@@ -1,0 +1,206 @@
+"""Peak training memory and time per iteration: end-to-end vs local learning, side by side.
+
+    python tools/analysis/benchmark_memory.py CONFIG [--ks 1 2 4] [--batch-size 128]
+        [--input-size 3 32 32] [--iters 5] [--joint] [--out-dir DIR] [--cfg-options k=v ...]
+
+Every variant of the config (K=1 is end-to-end training through the same code path) is built in
+one process, trained for a warm-up iteration, then measured on the same batch:
+
+- peak training memory of one iteration (forward, backward, optimizer step): on CUDA
+  ``torch.cuda.max_memory_allocated``; on CPU the exact peak bytes of live tensors
+  (parameters, gradients, optimizer state, activations), tracked per storage by
+  :class:`localvision.utils.memory.LiveTensorMemoryTracker`;
+- seconds per iteration, median over ``--iters`` rounds that interleave the variants (so drift
+  of a noisy machine hits them alike).
+
+Prints a table and writes ``benchmark.json`` and ``benchmark.png`` into ``--out-dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+import torch  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.optim import build_optim_wrapper  # noqa: E402
+from mmengine.registry import MODELS, init_default_scope  # noqa: E402
+
+from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config')
+    p.add_argument('--ks', type=int, nargs='+', default=[1, 2, 4], help='numbers of modules to compare')
+    p.add_argument('--strategy', default=None, choices=['equal', 'balanced'],
+                   help='split strategy for K>1 (default: the config\'s, else balanced)')
+    p.add_argument('--joint', action='store_true',
+                   help='also run the largest K with JointBackward (sum of losses, one backward)')
+    p.add_argument('--variant', action='append', default=[], metavar='NAME:KEY=VAL[,KEY=VAL]',
+                   help='an extra variant given as config overrides, e.g. "infopro:model.local_objective.type=InfoPro"')
+    p.add_argument('--batch-size', type=int, default=None, help='default: the train dataloader\'s')
+    p.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
+                   help='synthetic input size (default: model.split.input_size)')
+    p.add_argument('--iters', type=int, default=5, help='timed iterations per variant')
+    p.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    p.add_argument('--out-dir', default=None)
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return p.parse_args(argv)
+
+
+def synthetic_cls_batch(batch_size: int, input_size, num_classes: int, seed: int = 0) -> dict:
+    """A classification batch as the data pipeline makes it (uint8 images, labelled samples)."""
+    from localvision.structures import ClsDataSample
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randint(0, 256, tuple(input_size), generator=g, dtype=torch.uint8) for _ in range(batch_size)]
+    samples = [ClsDataSample().set_gt_label(i % num_classes) for i in range(batch_size)]
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
+    out = {}
+    for k in args.ks:
+        c = copy.deepcopy(cfg)
+        split = c.model.setdefault('split', {})
+        explicit = split.get('cuts') is not None and len(split['cuts']) + 1 == k
+        if not explicit:
+            split['cuts'] = None
+            split['num_modules'] = k
+            split['strategy'] = args.strategy or split.get('strategy', 'balanced')
+        out['E2E' if k == 1 else f'K={k}'] = c
+    if args.joint:
+        k = max(args.ks)
+        c = copy.deepcopy(out['E2E' if k == 1 else f'K={k}'])
+        c.model.executor = dict(type='JointBackward')
+        out[f'K={k} joint-backward'] = c
+    for spec in args.variant:
+        name, _, overrides = spec.partition(':')
+        c = copy.deepcopy(cfg)
+        opts = {}
+        for kv in overrides.split(','):
+            key, _, val = kv.partition('=')
+            opts[key] = DictAction._parse_iterable(val)
+        c.merge_from_dict(opts)
+        out[name] = c
+    return out
+
+
+def run(argv=None) -> List[dict]:
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    init_default_scope(cfg.get('default_scope', 'localvision'))
+    if cfg.get('custom_imports'):
+        import importlib
+        for m in cfg.custom_imports['imports']:
+            importlib.import_module(m)
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    batch_size = args.batch_size or cfg.train_dataloader.batch_size
+    input_size = args.input_size or cfg.model.get('split', {}).get('input_size')
+    if input_size is None:
+        raise SystemExit('error: give --input-size C H W (the config has no model.split.input_size)')
+    if cfg.model.get('split') is not None:
+        cfg.model.split['input_size'] = tuple(input_size)
+    batch = synthetic_cls_batch(batch_size, input_size, cfg.model.num_classes)
+
+    variants = variant_cfgs(cfg, args)
+    built = {}
+    results = []
+    for name, vcfg in variants.items():
+        torch.manual_seed(0)
+        model = MODELS.build(vcfg.model)
+        desc = model.backbone.describe() if hasattr(model, 'backbone') and hasattr(model.backbone, 'describe') else ''
+        model.to(device).train()
+        ow = build_optim_wrapper(model, vcfg.optim_wrapper)
+        model.train_step(copy.deepcopy(batch), ow)  # warm-up: optimizer state exists from now on
+
+        def one_iter(model=model, ow=ow):
+            model.train_step(copy.deepcopy(batch), ow)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+
+        peak = measure_peak_memory(one_iter, device=device, baseline=(model, ow.optimizer))
+        params = sum(p.numel() for p in model.parameters())
+        results.append(dict(name=name, k=getattr(model, 'num_units', 1), peak_bytes=int(peak), split=desc,
+                            executor=type(model.executor).__name__, params=params, times=[]))
+        built[name] = (one_iter, model)
+        if device.type == 'cuda':
+            model.cpu()
+        print(f'[{name}] peak {format_bytes(peak)}  {desc}', flush=True)
+
+    if device.type == 'cuda':
+        for _, model in built.values():
+            model.to(device)
+    for _ in range(args.iters):  # interleaved rounds
+        for r in results:
+            fn = built[r['name']][0]
+            t0 = time.perf_counter()
+            fn()
+            r['times'].append(time.perf_counter() - t0)
+    base = results[0]
+    base_t = statistics.median(base['times'])
+    for r in results:
+        r['sec_per_iter'] = statistics.median(r['times'])
+        r['memory_ratio'] = r['peak_bytes'] / base['peak_bytes']
+        r['time_ratio'] = r['sec_per_iter'] / base_t
+
+    meta = dict(config=args.config, device=str(device), batch_size=batch_size, input_size=list(input_size),
+                iters=args.iters, torch=torch.__version__, threads=torch.get_num_threads(),
+                memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
+                else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')
+    print_table(results, meta)
+    out_dir = args.out_dir or osp.join('work_dirs', 'benchmarks', osp.splitext(osp.basename(args.config))[0])
+    os.makedirs(out_dir, exist_ok=True)
+    with open(osp.join(out_dir, 'benchmark.json'), 'w') as f:
+        json.dump(dict(meta=meta, results=results), f, indent=2)
+    plot(results, meta, osp.join(out_dir, 'benchmark.png'))
+    print(f'wrote {out_dir}/benchmark.json and benchmark.png')
+    return results
+
+
+def print_table(results: List[dict], meta: dict) -> None:
+    print(f"\n{meta['config']}  device={meta['device']}  batch={meta['batch_size']}  "
+          f"input={'x'.join(map(str, meta['input_size']))}  memory: {meta['memory_metric']}")
+    head = f"{'variant':<24}{'K':>3}{'peak memory':>14}{'vs E2E':>9}{'s/iter':>10}{'vs E2E':>9}"
+    print(head)
+    print('-' * len(head))
+    for r in results:
+        print(f"{r['name']:<24}{r['k']:>3}{format_bytes(r['peak_bytes']):>14}{r['memory_ratio']:>8.1%}"
+              f"{r['sec_per_iter']:>10.3f}{r['time_ratio']:>8.2f}x")
+
+
+def plot(results: List[dict], meta: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = [r['name'] for r in results]
+    mem = [r['peak_bytes'] / 2**20 for r in results]
+    sec = [r['sec_per_iter'] for r in results]
+    for ax, vals, label in ((axes[0], mem, 'peak training memory (MiB)'), (axes[1], sec, 'seconds / iteration')):
+        bars = ax.bar(names, vals, color=['tab:gray'] + ['tab:blue'] * (len(names) - 1))
+        for b, r, v in zip(bars, results, vals):
+            ratio = r['memory_ratio'] if 'memory' in label else r['time_ratio']
+            ax.annotate(f'{ratio:.0%}' if 'memory' in label else f'{ratio:.2f}x', (b.get_x() + b.get_width() / 2, v),
+                        ha='center', va='bottom', fontsize=8)
+        ax.set_ylabel(label)
+        ax.tick_params(axis='x', rotation=30)
+    fig.suptitle(f"{osp.basename(meta['config'])} on {meta['device']}, batch {meta['batch_size']}, "
+                 f"input {'x'.join(map(str, meta['input_size']))}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == '__main__':
+    run()

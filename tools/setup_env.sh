@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Idempotent set-up of localvision's development environment.
+#
+#   bash tools/setup_env.sh
+#
+# Creates ./.venv (or $LV_VENV), installs a matching torch/torchvision pair, builds mmcv 2.1.0
+# with its compiled ops once (the wheel is cached under a key made of the Python tag, the torch
+# version and its CUDA version, so a torch change can never reuse a wheel built against another
+# torch), installs the OpenMMLab stack and localvision in editable mode with its test extras.
+# A second run on a warm machine checks the stamp and the imports and returns in seconds.
+#
+# Knobs (environment variables):
+#   LV_PYTHON         interpreter used to create the venv            (default: python3)
+#   LV_VENV           where the venv lives                           (default: .venv)
+#   LV_TORCH_SPEC     pip requirement for torch                      (default: torch==2.13.0,!=2.13.0+cpu)
+#   LV_TORCHVISION_SPEC  pip requirement for torchvision             (default: torchvision==0.28.0)
+#   LV_WHEEL_CACHE    where built mmcv wheels are kept               (default: ~/.cache/localvision/wheels)
+#   LV_FORCE_SETUP=1  redo every step even if the stamp matches
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+PY=${LV_PYTHON:-python3}
+VENV=${LV_VENV:-.venv}
+# The default excludes the local "+cpu" build: pip configurations on these machines add a
+# find-links folder holding torch-2.13.0+cpu, which pip prefers for "torch==2.13.0" (a local
+# label sorts higher) but which breaks the registry's torchvision (it links CUDA torch libs).
+TORCH_SPEC=${LV_TORCH_SPEC:-'torch==2.13.0,!=2.13.0+cpu'}
+TORCHVISION_SPEC=${LV_TORCHVISION_SPEC:-'torchvision==0.28.0'}
+MMCV_VERSION=2.1.0
+WHEEL_CACHE=${LV_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/localvision/wheels}
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment $VENV with $($PY --version 2>&1)"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$ROOT/$VENV/bin/python"
+[ -x "$VPY" ] || VPY="$VENV/bin/python"
+PIP=("$VPY" -m pip)
+
+# The stamp records what this set-up was made from; if nothing changed and the stack imports,
+# there is nothing to do.
+stamp_file="$VENV/.localvision-setup"
+stamp=$( { echo "$TORCH_SPEC|$TORCHVISION_SPEC|$MMCV_VERSION"; cat pyproject.toml; } | sha256sum | cut -c1-16)
+check_imports() {
+  "$VPY" - <<'PY' 2>/dev/null
+import torch, torchvision, timm, mmengine, mmcv
+from mmcv.ops import nms  # compiled ops, not mmcv-lite
+import mmseg.models, mmdet.models, localvision
+PY
+}
+if [ "${LV_FORCE_SETUP:-0}" != 1 ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && check_imports; then
+  log "environment $VENV is up to date"
+  exit 0
+fi
+
+if [ -n "$("$VPY" -m pip config list 2>/dev/null | grep -i find-links || true)" ] && [ -z "${LV_TORCH_SPEC:-}" ]; then
+  log "note: your pip configuration adds find-links; torch is requested as '$TORCH_SPEC' so a local"
+  log "      CPU-only build is not picked (it breaks torchvision). Set LV_TORCH_SPEC to choose another build."
+fi
+
+log "installing build tools"
+"${PIP[@]}" install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
+
+log "installing $TORCH_SPEC and $TORCHVISION_SPEC"
+"${PIP[@]}" install -q "$TORCH_SPEC" "$TORCHVISION_SPEC"
+
+key=$("$VPY" -c 'import sys, torch; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-cuda{torch.version.cuda}-cxxabi{int(torch._C._GLIBCXX_USE_CXX11_ABI)}")')
+wheel_dir="$WHEEL_CACHE/mmcv-$MMCV_VERSION/$key"
+wheel=$(ls "$wheel_dir"/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n 1 || true)
+if [ -z "$wheel" ]; then
+  log "building mmcv $MMCV_VERSION with compiled ops against $key (about 10 minutes on 2 cores, once)"
+  tmp=$(mktemp -d)
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel -q --no-build-isolation --no-deps \
+    --no-cache-dir -w "$tmp" "mmcv==$MMCV_VERSION"
+  mkdir -p "$wheel_dir"
+  mv "$tmp"/mmcv-*.whl "$wheel_dir"/
+  rmdir "$tmp" 2>/dev/null || true
+  wheel=$(ls "$wheel_dir"/mmcv-$MMCV_VERSION-*.whl | head -n 1)
+else
+  log "reusing cached mmcv wheel $wheel"
+fi
+"${PIP[@]}" install -q --force-reinstall --no-deps "$wheel"
+
+log "installing localvision (editable) with the OpenMMLab stack and test extras"
+"${PIP[@]}" install -q -e ".[test]"
+
+if ! check_imports; then
+  log "ERROR: the stack does not import after set-up; run: $VPY -c 'import mmseg.models, mmdet.models'"
+  exit 1
+fi
+echo "$stamp" > "$stamp_file"
+log "done: $("$VPY" -c 'import torch, torchvision, timm, mmcv, mmengine, mmseg, mmdet; print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, mmseg {mmseg.__version__}, mmdet {mmdet.__version__}")')"

@@ -1,0 +1,91 @@
+"""Train a model from a config (classification, segmentation or detection), OpenMMLab style.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+                          [--cfg-options key=value ...] [--launcher none|pytorch|slurm]
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout too
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from localvision.errors import InputError, MissingDataError  # noqa: E402
+from localvision.utils import allow_mmengine_checkpoints, check_checkpoint, resolve_dist_cfg  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a localvision model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and checkpoints')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from the given checkpoint, or from the latest one in the work '
+                             'dir when no path is given')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision (needs CUDA)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. model.backbone.model_name=resnet50d')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    # torchrun passes LOCAL_RANK as an environment variable; older launchers as an argument
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args) -> Config:
+    """The config as this command line asks for it (shared with tools/test.py's habits)."""
+    if not osp.isfile(args.config):
+        raise MissingDataError(f'config file {args.config} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    resolve_dist_cfg(cfg)
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit('error: --amp needs a CUDA device; none is available (train in fp32 without --amp)')
+        opt_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if opt_type == 'AmpOptimWrapper':
+            print('AMP training is already enabled in your config.')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    if cfg.get('load_from'):
+        check_checkpoint(cfg.load_from)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    allow_mmengine_checkpoints()
+    try:
+        cfg = build_cfg(args)
+        if 'runner_type' in cfg:
+            from mmengine.registry import RUNNERS
+            runner = RUNNERS.build(cfg)
+        else:
+            runner = Runner.from_cfg(cfg)
+        # data sets are built (and checked) when training starts
+        runner.train()
+    except InputError as e:
+        raise SystemExit(f'error: {e}') from None
+
+
+if __name__ == '__main__':
+    main()
