@@ -39,7 +39,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY="$ROOT/$VENV/bin/python"
 [ -x "$VPY" ] || VPY="$VENV/bin/python"
-PIP=("$VPY" -m pip)
+# pip, with the noise of the machine's own configuration (index folders that do not exist) left out
+pip_q() {
+  "$VPY" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+  return "${PIPESTATUS[0]}"
+}
 
 # The stamp records what this set-up was made from; if nothing changed and the stack imports,
 # there is nothing to do.
@@ -63,10 +67,10 @@ if [ -n "$("$VPY" -m pip config list 2>/dev/null | grep -i find-links || true)" 
 fi
 
 log "installing build tools"
-"${PIP[@]}" install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
+pip_q install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
 
 log "installing $TORCH_SPEC and $TORCHVISION_SPEC"
-"${PIP[@]}" install -q "$TORCH_SPEC" "$TORCHVISION_SPEC"
+pip_q install -q "$TORCH_SPEC" "$TORCHVISION_SPEC"
 
 key=$("$VPY" -c 'import sys, torch; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-cuda{torch.version.cuda}-cxxabi{int(torch._C._GLIBCXX_USE_CXX11_ABI)}")')
 wheel_dir="$WHEEL_CACHE/mmcv-$MMCV_VERSION/$key"
@@ -74,7 +78,7 @@ wheel=$(ls "$wheel_dir"/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n 1 || true
 if [ -z "$wheel" ]; then
   log "building mmcv $MMCV_VERSION with compiled ops against $key (about 10 minutes on 2 cores, once)"
   tmp=$(mktemp -d)
-  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel -q --no-build-isolation --no-deps \
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_q wheel -q --no-build-isolation --no-deps \
     --no-cache-dir -w "$tmp" "mmcv==$MMCV_VERSION"
   mkdir -p "$wheel_dir"
   mv "$tmp"/mmcv-*.whl "$wheel_dir"/
@@ -83,10 +87,10 @@ if [ -z "$wheel" ]; then
 else
   log "reusing cached mmcv wheel $wheel"
 fi
-"${PIP[@]}" install -q --force-reinstall --no-deps "$wheel"
+pip_q install -q --force-reinstall --no-deps "$wheel"
 
 log "installing localvision (editable) with the OpenMMLab stack and test extras"
-"${PIP[@]}" install -q -e ".[test]"
+pip_q install -q -e ".[test]"
 
 if ! check_imports; then
   log "ERROR: the stack does not import after set-up; run: $VPY -c 'import mmseg.models, mmdet.models'"

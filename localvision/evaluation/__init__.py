@@ -1,0 +1,4 @@
+"""Evaluation metrics of localvision (imports register them)."""
+from .metrics import Accuracy
+
+__all__ = ['Accuracy']

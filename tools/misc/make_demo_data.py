@@ -1,0 +1,58 @@
+"""Generate localvision's small demo data sets (no download).
+
+    python tools/misc/make_demo_data.py cls [--out data/lv_shapes_cls] [--size 32] [--seed 0]
+                                            [--train-per-class 500] [--val-per-class 100]
+
+One subcommand per task. To add one (``seg``, ``det``...), write ``add_<task>_parser(subparsers)``
+that adds its parser and sets ``func`` to a ``run(args) -> Path`` function, and list it in
+``SUBCOMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+
+def run_cls(args: argparse.Namespace) -> Path:
+    from localvision.datasets.synthetic import make_shapes_classification
+    return make_shapes_classification(args.out, num_classes=args.num_classes, train_per_class=args.train_per_class,
+                                      val_per_class=args.val_per_class, image_size=args.size, seed=args.seed)
+
+
+def add_cls_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('cls', help='shapes & patterns image classification (ImageFolder layout)')
+    p.add_argument('--out', default='data/lv_shapes_cls', help='output folder (default: %(default)s)')
+    p.add_argument('--size', type=int, default=32, help='image side in pixels (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
+    p.add_argument('--num-classes', type=int, default=10, help='number of classes, at most 10 (default: %(default)s)')
+    p.add_argument('--train-per-class', type=int, default=500, help='training images per class (default: %(default)s)')
+    p.add_argument('--val-per-class', type=int, default=100, help='validation images per class (default: %(default)s)')
+    p.set_defaults(func=run_cls)
+
+
+SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser]
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Generate localvision demo data sets (reproducible, offline).')
+    subparsers = parser.add_subparsers(dest='task', required=True, metavar='TASK')
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        out = args.func(args)
+    except (ValueError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'{args.task} demo data ready in {Path(out).resolve()}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
