@@ -10,11 +10,12 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from localvision.errors import InputError, MissingDataError  # noqa: E402
-from localvision.utils import allow_mmengine_checkpoints, check_checkpoint, resolve_dist_cfg  # noqa: E402
+from localvision.errors import InputError  # noqa: E402
+from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
+from localvision.utils.config import load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -37,17 +38,7 @@ def main(argv=None):
     args = parse_args(argv)
     allow_mmengine_checkpoints()
     try:
-        if not osp.isfile(args.config):
-            raise MissingDataError(f'config file {args.config} does not exist')
-        cfg = Config.fromfile(args.config)
-        cfg.launcher = args.launcher
-        if args.cfg_options is not None:
-            cfg.merge_from_dict(args.cfg_options)
-        if args.work_dir is not None:
-            cfg.work_dir = args.work_dir
-        elif cfg.get('work_dir', None) is None:
-            cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-        resolve_dist_cfg(cfg)
+        cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
         check_checkpoint(args.checkpoint)
         cfg.load_from = args.checkpoint
         cfg.resume = False

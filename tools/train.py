@@ -13,8 +13,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from localvision.errors import InputError, MissingDataError  # noqa: E402
-from localvision.utils import allow_mmengine_checkpoints, check_checkpoint, resolve_dist_cfg  # noqa: E402
+from localvision.errors import InputError  # noqa: E402
+from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
+from localvision.utils.config import load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,17 +40,7 @@ def parse_args(argv=None):
 
 def build_cfg(args) -> Config:
     """The config as this command line asks for it (shared with tools/test.py's habits)."""
-    if not osp.isfile(args.config):
-        raise MissingDataError(f'config file {args.config} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    resolve_dist_cfg(cfg)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         import torch
         if not torch.cuda.is_available():
@@ -85,6 +76,10 @@ def main(argv=None):
         runner.train()
     except InputError as e:
         raise SystemExit(f'error: {e}') from None
+    final = {k[len('val/'):]: v.current() for k, v in runner.message_hub.log_scalars.items()
+             if k.startswith('val/') and not k.endswith('time')}
+    if final:
+        runner.logger.info('final validation metrics: ' + ', '.join(f'{k}: {v:.2f}' for k, v in final.items()))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,29 @@
+"""Loading a config the way the command-line tools do."""
+from __future__ import annotations
+
+import os.path as osp
+from typing import Optional
+
+from mmengine.config import Config
+
+from localvision.errors import MissingDataError
+
+from .device import resolve_dist_cfg
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
+                launcher: str = 'none') -> Config:
+    """Read ``path``, apply ``--cfg-options``, set the launcher, the work dir (default
+    ``./work_dirs/<config name>``) and the distributed backend (``'auto'``: nccl/gloo)."""
+    if not osp.isfile(path):
+        raise MissingDataError(f'config file {path} does not exist')
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    resolve_dist_cfg(cfg)
+    return cfg
