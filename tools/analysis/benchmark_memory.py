@@ -11,7 +11,8 @@ one process, trained for a warm-up iteration, then measured on the same batch:
   (parameters, gradients, optimizer state, activations), tracked per storage by
   :class:`localvision.utils.memory.LiveTensorMemoryTracker`;
 - seconds per iteration, median over ``--iters`` rounds that interleave the variants (so drift
-  of a noisy machine hits them alike).
+  of a noisy machine hits them alike), as wall-clock time and as this process's CPU time (which
+  other processes on a shared machine disturb less).
 
 Prints a table and writes ``benchmark.json`` and ``benchmark.png`` into ``--out-dir``.
 """
@@ -132,7 +133,7 @@ def run(argv=None) -> List[dict]:
         peak = measure_peak_memory(one_iter, device=device, baseline=(model, ow.optimizer))
         params = sum(p.numel() for p in model.parameters())
         results.append(dict(name=name, k=getattr(model, 'num_units', 1), peak_bytes=int(peak), split=desc,
-                            executor=type(model.executor).__name__, params=params, times=[]))
+                            executor=type(model.executor).__name__, params=params, times=[], cpu_times=[]))
         built[name] = (one_iter, model)
         if device.type == 'cuda':
             model.cpu()
@@ -144,15 +145,18 @@ def run(argv=None) -> List[dict]:
     for _ in range(args.iters):  # interleaved rounds
         for r in results:
             fn = built[r['name']][0]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             r['times'].append(time.perf_counter() - t0)
+            r['cpu_times'].append(time.process_time() - c0)
     base = results[0]
-    base_t = statistics.median(base['times'])
+    base_t, base_c = statistics.median(base['times']), statistics.median(base['cpu_times'])
     for r in results:
         r['sec_per_iter'] = statistics.median(r['times'])
+        r['cpu_sec_per_iter'] = statistics.median(r['cpu_times'])
         r['memory_ratio'] = r['peak_bytes'] / base['peak_bytes']
         r['time_ratio'] = r['sec_per_iter'] / base_t
+        r['cpu_time_ratio'] = r['cpu_sec_per_iter'] / base_c
 
     meta = dict(config=args.config, device=str(device), batch_size=batch_size, input_size=list(input_size),
                 iters=args.iters, torch=torch.__version__, threads=torch.get_num_threads(),
@@ -171,12 +175,13 @@ def run(argv=None) -> List[dict]:
 def print_table(results: List[dict], meta: dict) -> None:
     print(f"\n{meta['config']}  device={meta['device']}  batch={meta['batch_size']}  "
           f"input={'x'.join(map(str, meta['input_size']))}  memory: {meta['memory_metric']}")
-    head = f"{'variant':<24}{'K':>3}{'peak memory':>14}{'vs E2E':>9}{'s/iter':>10}{'vs E2E':>9}"
+    head = (f"{'variant':<24}{'K':>3}{'peak memory':>14}{'vs E2E':>9}{'s/iter':>10}{'vs E2E':>9}"
+            f"{'cpu s/iter':>12}{'vs E2E':>9}")
     print(head)
     print('-' * len(head))
     for r in results:
         print(f"{r['name']:<24}{r['k']:>3}{format_bytes(r['peak_bytes']):>14}{r['memory_ratio']:>8.1%}"
-              f"{r['sec_per_iter']:>10.3f}{r['time_ratio']:>8.2f}x")
+              f"{r['sec_per_iter']:>10.3f}{r['time_ratio']:>8.2f}x{r['cpu_sec_per_iter']:>12.3f}{r['cpu_time_ratio']:>8.2f}x")
 
 
 def plot(results: List[dict], meta: dict, path: str) -> None:
