@@ -62,11 +62,21 @@ def build_cfg(args) -> Config:
     return cfg
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    allow_mmengine_checkpoints()
+def save_interrupted(runner) -> None:
+    """On Ctrl-C, keep what was trained: a checkpoint that ``--resume`` picks up."""
+    if getattr(runner, '_train_loop', None) is None or isinstance(runner._train_loop, dict) or runner.iter == 0:
+        return
+    name = f'iter_{runner.iter}_interrupted.pth'
+    runner.save_checkpoint(runner.work_dir, name, save_optimizer=True, save_param_scheduler=True)
+    with open(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(osp.join(runner.work_dir, name))
+    runner.logger.warning(f'interrupted at iteration {runner.iter}: saved {name}; continue with --resume')
+
+
+def train(cfg: Config):
+    """Build the runner from ``cfg`` and train; bad input ends in one ``error:`` line."""
+    runner = None
     try:
-        cfg = build_cfg(args)
         if 'runner_type' in cfg:
             from mmengine.registry import RUNNERS
             runner = RUNNERS.build(cfg)
@@ -74,12 +84,27 @@ def main(argv=None):
             runner = Runner.from_cfg(cfg)
         # data sets are built (and checked) when training starts
         runner.train()
+    except KeyboardInterrupt:
+        if runner is not None:
+            save_interrupted(runner)
+        raise SystemExit(130)
     except InputError as e:
         raise SystemExit(f'error: {e}') from None
     final = {k[len('val/'):]: v.current() for k, v in runner.message_hub.log_scalars.items()
              if k.startswith('val/') and not k.endswith('time')}
     if final:
         runner.logger.info('final validation metrics: ' + ', '.join(f'{k}: {v:.2f}' for k, v in final.items()))
+    return runner
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    allow_mmengine_checkpoints()
+    try:
+        cfg = build_cfg(args)
+    except InputError as e:
+        raise SystemExit(f'error: {e}') from None
+    return train(cfg)
 
 
 if __name__ == '__main__':

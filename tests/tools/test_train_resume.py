@@ -105,3 +105,31 @@ def test_the_getattr_substitute_resolves_only_history_buffer_statistics():
         history_buffer_getattr(HistoryBuffer, '__init__')
     with pytest.raises(pickle.UnpicklingError):
         history_buffer_getattr(os, 'system')
+
+
+def test_ctrl_c_keeps_what_was_trained_and_resume_continues_from_there(tiny_cls_root, tmp_path):
+    from localvision.registry import HOOKS
+
+    @HOOKS.register_module(force=True)
+    class InterruptAfter(Hook):
+        def __init__(self, iters):
+            self.iters = iters
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if runner.iter == self.iters:  # runner.iter counts finished iterations here
+                raise KeyboardInterrupt
+
+    work = str(tmp_path / 'work')
+    cfg = train_tool.build_cfg(train_tool.parse_args([CONFIG, '--work-dir', work] + tiny_options(tiny_cls_root, 2)))
+    cfg.custom_hooks = [dict(type='InterruptAfter', iters=6)]
+    with pytest.raises(SystemExit) as exc:
+        train_tool.train(cfg)
+    assert exc.value.code == 130
+    saved = osp.join(work, 'iter_6_interrupted.pth')
+    assert open(osp.join(work, 'last_checkpoint')).read() == saved
+    args = train_tool.parse_args([CONFIG, '--work-dir', work, '--resume'] + tiny_options(tiny_cls_root, 2))
+    runner = Runner.from_cfg(train_tool.build_cfg(args))
+    rec = RecordStart()
+    runner.register_hook(rec)
+    runner.train()
+    assert rec.iter == 6
