@@ -16,6 +16,7 @@ from mmengine.runner import Runner  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
+from localvision.utils.device import init_dist_without_cuda  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -40,6 +41,7 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
         check_checkpoint(args.checkpoint)
+        init_dist_without_cuda(cfg.launcher, cfg.env_cfg.dist_cfg.backend)
         cfg.load_from = args.checkpoint
         cfg.resume = False
         runner = Runner.from_cfg(cfg)

@@ -16,6 +16,7 @@ from mmengine.runner import Runner  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
+from localvision.utils.device import init_dist_without_cuda  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -77,6 +78,7 @@ def train(cfg: Config):
     """Build the runner from ``cfg`` and train; bad input ends in one ``error:`` line."""
     runner = None
     try:
+        init_dist_without_cuda(cfg.launcher, cfg.env_cfg.dist_cfg.backend)
         if 'runner_type' in cfg:
             from mmengine.registry import RUNNERS
             runner = RUNNERS.build(cfg)

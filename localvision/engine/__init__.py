@@ -1,4 +1,5 @@
-"""Execution of split models (per-module backward) and training-loop components."""
+"""Execution of split models (per-module backward), data parallelism, training-loop components."""
+from .distributed import LocalDistributedDataParallel, UnitGradSync
 from .executors import JointBackward, PerModuleBackward, uncounted
 
-__all__ = ['PerModuleBackward', 'JointBackward', 'uncounted']
+__all__ = ['PerModuleBackward', 'JointBackward', 'uncounted', 'LocalDistributedDataParallel', 'UnitGradSync']

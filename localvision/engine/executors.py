@@ -49,12 +49,26 @@ def _merge(log_vars: Dict[str, Tensor], new: Dict[str, Tensor]) -> None:
             log_vars[k] = v
 
 
+def _finish_step(optim_wrapper: OptimWrapper, grad_sync) -> None:
+    """Complete gradient synchronisation, then step if this iteration ends an accumulation."""
+    if grad_sync is not None:
+        grad_sync.wait()
+    if optim_wrapper.should_update():
+        optim_wrapper.step()
+        optim_wrapper.zero_grad()
+
+
 @EXECUTORS.register_module()
 class PerModuleBackward:
-    """Unit k: forward, loss, backward, detach; then unit k+1. One optimizer step at the end."""
+    """Unit k: forward, loss, backward, detach; then unit k+1. One optimizer step at the end.
 
-    def __call__(self, model, ctx, optim_wrapper: OptimWrapper) -> Dict[str, Tensor]:
+    Under data parallelism (``grad_sync``, see :mod:`localvision.engine.distributed`) unit k's
+    gradient all-reduce starts right after its backward and runs while unit k+1 computes.
+    """
+
+    def __call__(self, model, ctx, optim_wrapper: OptimWrapper, grad_sync=None) -> Dict[str, Tensor]:
         _check_wrapper(optim_wrapper)
+        sync = grad_sync if grad_sync is not None and optim_wrapper.should_sync() else None
         log_vars: Dict[str, Tensor] = OrderedDict(loss=torch.zeros(()))
         h = ctx.inputs
         last = model.num_units - 1
@@ -68,10 +82,13 @@ class PerModuleBackward:
                     optim_wrapper.backward(optim_wrapper.scale_loss(loss))
                 h = out.detach()
             else:
-                optim_wrapper.update_params(loss)
+                optim_wrapper.backward(optim_wrapper.scale_loss(loss))
+            if sync is not None:
+                sync.launch(k)
             del out, losses
             total = total + loss.detach()
             _merge(log_vars, unit_vars)
+        _finish_step(optim_wrapper, sync)
         log_vars['loss'] = total
         return log_vars
 
@@ -83,10 +100,15 @@ class JointBackward:
     Gradients equal :class:`PerModuleBackward`'s; peak memory is that of end-to-end training.
     """
 
-    def __call__(self, model, ctx, optim_wrapper: OptimWrapper) -> Dict[str, Tensor]:
+    def __call__(self, model, ctx, optim_wrapper: OptimWrapper, grad_sync=None) -> Dict[str, Tensor]:
         _check_wrapper(optim_wrapper)
+        sync = grad_sync if grad_sync is not None and optim_wrapper.should_sync() else None
         with optim_wrapper.optim_context(model):
             losses = model.forward_all_units(ctx)
         loss, log_vars = model.parse_losses(losses)
-        optim_wrapper.update_params(loss)
+        optim_wrapper.backward(optim_wrapper.scale_loss(loss))
+        if sync is not None:
+            for k in range(model.num_units):
+                sync.launch(k)
+        _finish_step(optim_wrapper, sync)
         return log_vars

@@ -65,8 +65,9 @@ class LocalLearningModel(BaseModel):
     def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
         return self.forward_all_units(self.make_context(inputs, data_samples))
 
-    def train_step(self, data, optim_wrapper: OptimWrapper) -> Dict[str, Tensor]:
+    def train_step(self, data, optim_wrapper: OptimWrapper, grad_sync=None) -> Dict[str, Tensor]:
+        """One iteration through the executor; ``grad_sync`` is given by the data-parallel wrapper."""
         with optim_wrapper.optim_context(self):
             data = self.data_preprocessor(data, True)
         ctx = self.make_context(data['inputs'], data['data_samples'])
-        return self.executor(self, ctx, optim_wrapper)
+        return self.executor(self, ctx, optim_wrapper, grad_sync=grad_sync)

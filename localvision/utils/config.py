@@ -26,4 +26,19 @@ def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optiona
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
     resolve_dist_cfg(cfg)
+    if cfg.get('model_wrapper_cfg') is None and _is_local_model(cfg):
+        cfg.model_wrapper_cfg = dict(type='LocalDistributedDataParallel')
     return cfg
+
+
+def _is_local_model(cfg: Config) -> bool:
+    """Whether ``cfg.model`` builds a localvision task model (looked up in the config's scope)."""
+    from mmengine.registry import MODELS
+
+    from localvision.models.local_model import LocalLearningModel
+    model_type = cfg.get('model', {}).get('type')
+    if not isinstance(model_type, str):
+        return isinstance(model_type, type) and issubclass(model_type, LocalLearningModel)
+    with MODELS.switch_scope_and_registry(cfg.get('default_scope', 'localvision')) as registry:
+        cls = registry.get(model_type)
+    return isinstance(cls, type) and issubclass(cls, LocalLearningModel)

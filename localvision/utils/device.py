@@ -25,3 +25,29 @@ def resolve_dist_cfg(cfg) -> None:
     elif dist_cfg['backend'] == 'nccl' and not torch.cuda.is_available():
         raise InputError("env_cfg.dist_cfg.backend='nccl' needs CUDA; none is available here "
                          "(use 'gloo' or 'auto')")
+
+
+def init_dist_without_cuda(launcher: str, backend: str = 'gloo') -> None:
+    """Start the process group on a machine without CUDA.
+
+    mmengine 0.10.7's ``init_dist`` calls ``torch.cuda.set_device`` for the pytorch and slurm
+    launchers, which fails without a GPU; the Runner skips its own ``init_dist`` when a group
+    already exists, so the tools call this first on CPU-only machines.
+    """
+    import os
+    import subprocess
+
+    import torch.distributed as dist
+    if launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    if launcher == 'slurm':
+        os.environ.setdefault('MASTER_PORT', os.environ.get('PORT', '29500'))
+        if 'MASTER_ADDR' not in os.environ:
+            nodes = subprocess.getoutput(f"scontrol show hostname {os.environ['SLURM_NODELIST']} | head -n1")
+            os.environ['MASTER_ADDR'] = nodes.strip()
+        os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+        os.environ['RANK'] = os.environ['SLURM_PROCID']
+        os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    elif launcher != 'pytorch':
+        raise InputError(f"--launcher {launcher} needs CUDA here; on CPU use 'pytorch' (torchrun) or 'slurm'")
+    dist.init_process_group(backend=backend)

@@ -6,11 +6,13 @@ import warnings
 
 from mmengine import DefaultScope
 
+from .atomic_io import use_atomic_local_writes
 from .checkpoint import allow_mmengine_checkpoints
 
 
 def register_all_modules(init_default_scope: bool = True) -> None:
-    """Import every localvision module that registers components; set the default scope.
+    """Import every localvision module that registers components, allow-list mmengine
+    checkpoint globals, make local checkpoint writes atomic, and set the default scope.
 
     Does not import mmseg or mmdet: their task modules come in through ``custom_imports``.
     """
@@ -19,6 +21,7 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     import localvision.evaluation  # noqa: F401
     import localvision.models  # noqa: F401
     allow_mmengine_checkpoints()
+    use_atomic_local_writes()
     if init_default_scope:
         never_created = DefaultScope.get_current_instance() is None or \
             not DefaultScope.check_instance_created('localvision')
@@ -30,3 +33,8 @@ def register_all_modules(init_default_scope: bool = True) -> None:
             warnings.warn(f'The current default scope "{current.scope_name}" is not "localvision"; '
                           'register_all_modules forces it to "localvision".')
             DefaultScope.get_instance(f'localvision-{datetime.datetime.now()}', scope_name='localvision')
+
+
+# ``custom_imports=['localvision.utils.setup_env']`` in a config: the process-wide parts, without
+# touching the default scope (the Runner sets it from the config).
+register_all_modules(init_default_scope=False)
