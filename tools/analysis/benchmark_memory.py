@@ -1,7 +1,12 @@
 """Peak training memory and time per iteration: end-to-end vs local learning, side by side.
 
     python tools/analysis/benchmark_memory.py CONFIG [--ks 1 2 4] [--batch-size 128]
-        [--input-size 3 32 32] [--iters 5] [--joint] [--out-dir DIR] [--cfg-options k=v ...]
+        [--input-size 3 32 32] [--data synthetic|loader] [--iters 5] [--joint] [--out-dir DIR]
+        [--cfg-options k=v ...]
+
+Classification and segmentation (mmseg ``LocalEncoderDecoder``) configs. The batch is synthetic
+(random uint8 images and labels of ``--input-size``) or, with ``--data loader``, the first batch
+of the config's train dataloader (real images and labels, after its pipeline).
 
 Every variant of the config (K=1 is end-to-end training through the same code path) is built in
 one process, trained for a warm-up iteration, then measured on the same batch:
@@ -51,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument('--batch-size', type=int, default=None, help='default: the train dataloader\'s')
     p.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
                    help='synthetic input size (default: model.split.input_size)')
+    p.add_argument('--data', default='synthetic', choices=['synthetic', 'loader'],
+                   help='synthetic batch of --input-size, or the first batch of the config\'s train dataloader')
     p.add_argument('--iters', type=int, default=5, help='timed iterations per variant')
     p.add_argument('--device', default=None, help='default: cuda if available, else cpu')
     p.add_argument('--out-dir', default=None)
@@ -65,6 +72,37 @@ def synthetic_cls_batch(batch_size: int, input_size, num_classes: int, seed: int
     inputs = [torch.randint(0, 256, tuple(input_size), generator=g, dtype=torch.uint8) for _ in range(batch_size)]
     samples = [ClsDataSample().set_gt_label(i % num_classes) for i in range(batch_size)]
     return dict(inputs=inputs, data_samples=samples)
+
+
+def synthetic_seg_batch(batch_size: int, input_size, num_classes: int, seed: int = 0) -> dict:
+    """A segmentation batch as mmseg's pipeline makes it (uint8 images, SegDataSamples with
+    blocky label maps)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = input_size
+    inputs = [torch.randint(0, 256, (c, h, w), generator=g, dtype=torch.uint8) for _ in range(batch_size)]
+    samples = []
+    for _ in range(batch_size):
+        coarse = torch.randint(0, num_classes, (1, 1, max(h // 16, 1), max(w // 16, 1)), generator=g).float()
+        label = torch.nn.functional.interpolate(coarse, size=(h, w), mode='nearest')[0].long()
+        ds = SegDataSample()
+        ds.gt_sem_seg = PixelData(data=label)
+        ds.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        samples.append(ds)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def is_seg_config(cfg: Config) -> bool:
+    return 'decode_head' in cfg.model
+
+
+def loader_batch(cfg: Config, batch_size: int) -> dict:
+    """The first batch of the config's train dataloader (no workers)."""
+    from mmengine.runner import Runner
+    dl = copy.deepcopy(cfg.train_dataloader)
+    dl.update(batch_size=batch_size, num_workers=0, persistent_workers=False)
+    return next(iter(Runner.build_dataloader(dl, seed=0)))
 
 
 def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
@@ -107,12 +145,24 @@ def run(argv=None) -> List[dict]:
             importlib.import_module(m)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     batch_size = args.batch_size or cfg.train_dataloader.batch_size
-    input_size = args.input_size or cfg.model.get('split', {}).get('input_size')
+    if args.data == 'loader':
+        from localvision.errors import InputError
+        try:
+            batch = loader_batch(cfg, batch_size)
+        except InputError as e:
+            raise SystemExit(f'error: {e}') from None
+        input_size = args.input_size or tuple(batch['inputs'][0].shape)
+    else:
+        input_size = args.input_size or cfg.model.get('split', {}).get('input_size')
     if input_size is None:
         raise SystemExit('error: give --input-size C H W (the config has no model.split.input_size)')
     if cfg.model.get('split') is not None:
         cfg.model.split['input_size'] = tuple(input_size)
-    batch = synthetic_cls_batch(batch_size, input_size, cfg.model.num_classes)
+    if args.data == 'synthetic':
+        if is_seg_config(cfg):
+            batch = synthetic_seg_batch(batch_size, input_size, cfg.model.decode_head.num_classes)
+        else:
+            batch = synthetic_cls_batch(batch_size, input_size, cfg.model.num_classes)
 
     variants = variant_cfgs(cfg, args)
     built = {}
@@ -158,7 +208,7 @@ def run(argv=None) -> List[dict]:
         r['time_ratio'] = r['sec_per_iter'] / base_t
         r['cpu_time_ratio'] = r['cpu_sec_per_iter'] / base_c
 
-    meta = dict(config=args.config, device=str(device), batch_size=batch_size, input_size=list(input_size),
+    meta = dict(config=args.config, device=str(device), batch_size=batch_size, input_size=list(input_size), data=args.data,
                 iters=args.iters, torch=torch.__version__, threads=torch.get_num_threads(),
                 memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
                 else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')

@@ -2,6 +2,8 @@
 
     python tools/misc/make_demo_data.py cls [--out data/lv_shapes_cls] [--size 32] [--seed 0]
                                             [--train-per-class 500] [--val-per-class 100]
+    python tools/misc/make_demo_data.py seg [--out data/lv_shapes_seg] [--size 64] [--seed 0]
+                                            [--num-train 400] [--num-val 100]
 
 One subcommand per task. To add one (``seg``, ``det``...), write ``add_<task>_parser(subparsers)``
 that adds its parser and sets ``func`` to a ``run(args) -> Path`` function, and list it in
@@ -32,7 +34,23 @@ def add_cls_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cls)
 
 
-SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser]
+def run_seg(args: argparse.Namespace) -> Path:
+    from localvision.datasets.synthetic_seg import make_shapes_segmentation
+    return make_shapes_segmentation(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.size,
+                                    seed=args.seed)
+
+
+def add_seg_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('seg', help='shapes semantic segmentation, 6 classes (mmseg img_dir/ann_dir layout)')
+    p.add_argument('--out', default='data/lv_shapes_seg', help='output folder (default: %(default)s)')
+    p.add_argument('--size', type=int, default=64, help='image side in pixels (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
+    p.add_argument('--num-train', type=int, default=400, help='training images (default: %(default)s)')
+    p.add_argument('--num-val', type=int, default=100, help='validation images (default: %(default)s)')
+    p.set_defaults(func=run_seg)
+
+
+SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_seg_parser]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -1,7 +1,13 @@
 """Local objectives (registered in ``localvision.registry.OBJECTIVES``) and their aux heads."""
 from .aux_heads import ConvFCHead, PoolLinearHead
-from .base import LocalContext, LocalObjective, build_objective, per_module_configs, registered_objectives
+from .base import (LocalContext, LocalObjective, build_aux_head, build_objective, per_module_configs, pixel_stats,
+                   registered_objectives, scheduled_value)
+from .contrastive import supervised_contrastive_loss
+from .decoders import ReconDecoder
+from .dgl import DGLHead, DGLObjective
 from .greedy import GreedyObjective
+from .infopro import InfoProObjective
 
-__all__ = ['LocalContext', 'LocalObjective', 'build_objective', 'per_module_configs', 'registered_objectives',
-           'GreedyObjective', 'ConvFCHead', 'PoolLinearHead']
+__all__ = ['LocalContext', 'LocalObjective', 'build_aux_head', 'build_objective', 'per_module_configs', 'pixel_stats',
+           'registered_objectives', 'scheduled_value', 'supervised_contrastive_loss', 'GreedyObjective',
+           'DGLObjective', 'InfoProObjective', 'ConvFCHead', 'PoolLinearHead', 'DGLHead', 'ReconDecoder']

@@ -1,14 +1,13 @@
 """What every local objective sees and how objectives are built for the modules of a split."""
 from __future__ import annotations
 
-from localvision.errors import InputError
-
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from localvision.errors import InputError
 from localvision.registry import OBJECTIVES
 
 Tensor = torch.Tensor
@@ -24,7 +23,11 @@ class LocalContext:
             their own (segmentation maps, boxes) here.
         data_samples: the batch's data samples, for objectives that need more.
         img_hw: the input's spatial size.
-        extras: anything a task adds for its objectives (e.g. the un-normalised image).
+        extras: anything a task adds for its objectives; per-batch caches live here too
+            (``image01``, the context supply's remembered module inputs).
+        pixel_mean / pixel_std: what the data preprocessor normalised with (``(C, 1, 1)``, pixel
+            units, channel order as fed to the model); ``None`` when it did not normalise.
+        pixel_range: the pixel value of a white image before normalisation (255 for 8-bit).
     """
 
     inputs: Tensor
@@ -32,6 +35,42 @@ class LocalContext:
     data_samples: Optional[list] = None
     img_hw: Tuple[int, int] = (0, 0)
     extras: Dict[str, Any] = field(default_factory=dict)
+    pixel_mean: Optional[Tensor] = None
+    pixel_std: Optional[Tensor] = None
+    pixel_range: float = 255.0
+
+    def image01(self) -> Tensor:
+        """The un-normalised input image in [0, 1] (detached, computed once per batch).
+
+        ``(inputs * std + mean) / pixel_range``, clamped to [0, 1]: the target of InfoPro's
+        reconstruction decoder. Channel order is the one the model sees (after any
+        ``bgr_to_rgb`` of the preprocessor, which also orders ``mean`` / ``std`` that way).
+        """
+        img = self.extras.get('image01')
+        if img is None:
+            with torch.no_grad():
+                img = self.inputs.detach().float()
+                if self.pixel_std is not None:
+                    img = img * self.pixel_std.to(img)
+                if self.pixel_mean is not None:
+                    img = img + self.pixel_mean.to(img)
+                img = (img / self.pixel_range).clamp_(0.0, 1.0)
+            self.extras['image01'] = img
+        return img
+
+
+def pixel_stats(data_preprocessor: Optional[nn.Module]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """``(mean, std)`` buffers of an mmengine-style data preprocessor, each ``(C, 1, 1)``.
+
+    ``(None, None)`` when the preprocessor does not normalise (``mean=None``) or has no such
+    buffers; works for ``ImgDataPreprocessor`` and its mmseg / mmdet subclasses.
+    """
+    if data_preprocessor is None or not getattr(data_preprocessor, '_enable_normalize', True):
+        return None, None
+    mean, std = getattr(data_preprocessor, 'mean', None), getattr(data_preprocessor, 'std', None)
+    if not isinstance(mean, Tensor) or not isinstance(std, Tensor):
+        return None, None
+    return mean.detach(), std.detach()
 
 
 class LocalObjective(nn.Module):
@@ -91,3 +130,43 @@ def build_objective(cfg: dict, in_channels: int, num_classes: int, module_index:
     cfg = dict(cfg, in_channels=in_channels, num_classes=num_classes, module_index=module_index,
                num_modules=num_modules)
     return OBJECTIVES.build(cfg)
+
+
+def scheduled_value(value: Union[float, Sequence[float]], module_index: int, num_modules: int,
+                    field_name: str) -> float:
+    """The value of a per-module weight for local module ``module_index`` of a K-module split.
+
+    ``value`` is a number (used as is), a pair ``(first, last)`` for the first and the last
+    local module (modules 0 and K-2), interpolated linearly with ``ratio = k / (K-2)``, or a
+    list of K-1 numbers, one per local module. With K-1 = 2 both readings of a pair agree;
+    with K = 2 a pair gives its first value.
+    """
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+        raise InputError(f'{field_name}={value!r} must be a number, a (first, last) pair or a list of K-1 numbers')
+    num_local = max(num_modules - 1, 1)
+    values = [float(v) for v in value]
+    if len(values) == 2:
+        ratio = module_index / (num_local - 1) if num_local > 1 else 0.0
+        return values[0] * (1.0 - ratio) + values[1] * ratio
+    if len(values) == num_local:
+        return values[module_index]
+    raise InputError(f'{field_name} has {len(values)} values but the split has {num_local} local modules; '
+                     f'give a number, a (first, last) pair or exactly K-1={num_local} values')
+
+
+def check_aux_head_type(cfg: dict, field_name: str = 'model.local_objective.head') -> None:
+    """One clear error when ``cfg['type']`` is not a registered auxiliary net."""
+    from localvision.registry import AUX_HEADS
+    import localvision.models.objectives  # noqa: F401  (fills the registry)
+    allowed = sorted(AUX_HEADS.module_dict)
+    if cfg.get('type') not in allowed:
+        raise InputError(f"{field_name}.type={cfg.get('type')!r} is not a registered auxiliary net; allowed: {allowed}")
+
+
+def build_aux_head(cfg: dict, field_name: str = 'model.local_objective.head', **fill) -> nn.Module:
+    """Build an auxiliary net from ``AUX_HEADS`` with ``fill`` (channels, classes) filled in."""
+    from localvision.registry import AUX_HEADS
+    check_aux_head_type(cfg, field_name)
+    return AUX_HEADS.build(dict(cfg, **fill))

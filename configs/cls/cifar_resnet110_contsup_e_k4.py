@@ -1,0 +1,3 @@
+# ResNet-110 on CIFAR-10, ContSup E (context supply at every cut) on greedy local learning, K=4.
+_base_ = ['./cifar_resnet110_greedy_k4.py']
+model = dict(context=dict(type='ContSup', variant='E'))

@@ -1,0 +1,4 @@
+# ResNet-110 on CIFAR-10, DGL (greedy cross-entropy through DGL's auxiliary net), K=4;
+# cuts and recipe of cifar_resnet110_greedy_k4.py.
+_base_ = ['./cifar_resnet110_greedy_k4.py']
+model = dict(local_objective=dict(_delete_=True, type='DGL'))

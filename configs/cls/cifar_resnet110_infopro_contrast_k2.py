@@ -1,0 +1,3 @@
+# ResNet-110 on CIFAR-10, InfoPro (contrast: supervised contrastive, temperature 0.07) with K=2.
+_base_ = ['./cifar_resnet110_infopro_softmax_k2.py']
+model = dict(local_objective=dict(loss_mode='contrast', temperature=0.07))

@@ -1,0 +1,4 @@
+# ResNet-32 on CIFAR-10, DGL (greedy cross-entropy through DGL's auxiliary net), K=16;
+# cuts and recipe of cifar_resnet32_greedy_k16.py.
+_base_ = ['./cifar_resnet32_greedy_k16.py']
+model = dict(local_objective=dict(_delete_=True, type='DGL'))

@@ -1,0 +1,100 @@
+"""InfoPro (Wang et al., ICLR 2021): keep information about the input while learning the task.
+
+The local loss of module k is ``lambda_recon * L_recon + lambda_task * L_task``:
+
+- ``L_recon``: a decoder upsamples the module output to the image size and predicts the
+  un-normalised image in [0, 1] (sigmoid + binary cross-entropy against ``ctx.image01()``);
+- ``L_task``: cross-entropy of an auxiliary classifier (``loss_mode='softmax'``) or the
+  supervised contrastive loss of an L2-normalised projection (``loss_mode='contrast'``).
+
+The weights are given for the first and the last local module and interpolated linearly, or
+per module (see :func:`~localvision.models.objectives.base.scheduled_value`). A term whose
+weight is 0 for this module is not built and costs nothing.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from localvision.errors import InputError
+from localvision.registry import OBJECTIVES
+
+from .base import LocalContext, LocalObjective, build_aux_head, scheduled_value
+from .contrastive import supervised_contrastive_loss
+
+Tensor = torch.Tensor
+Weight = Union[float, Sequence[float]]
+
+LOSS_MODES = ('softmax', 'contrast')
+
+
+@OBJECTIVES.register_module(name='InfoPro')
+class InfoProObjective(LocalObjective):
+    """InfoPro's local objective: reconstruction plus a task term.
+
+    Args:
+        loss_mode: ``'softmax'`` (cross-entropy) or ``'contrast'`` (supervised contrastive).
+        lambda_recon / lambda_task: weight of each term: a number, ``(first, last)`` local
+            module (interpolated with ``ratio = k / (K-2)``), or a list of K-1 numbers.
+        head: auxiliary net of the task term (default ``ConvFCHead``, InfoPro's "1c2f");
+            its ``num_classes`` is the number of classes (softmax) or ``proj_dim`` (contrast).
+        decoder: reconstruction decoder (default ``ReconDecoder``).
+        width_mult: widens the default head and decoder.
+        proj_dim: dimension of the contrastive projection (128).
+        temperature: of the contrastive loss (0.07).
+        image_channels: channels of the reconstructed image.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, loss_mode: str = 'softmax', lambda_recon: Weight = 1.0,
+                 lambda_task: Weight = 1.0, head: Optional[dict] = None, decoder: Optional[dict] = None,
+                 width_mult: float = 1.0, proj_dim: int = 128, temperature: float = 0.07, image_channels: int = 3,
+                 **kwargs) -> None:
+        super().__init__(in_channels, num_classes, **kwargs)
+        if loss_mode not in LOSS_MODES:
+            raise InputError(f'model.local_objective.loss_mode={loss_mode!r} is unknown; allowed: {list(LOSS_MODES)}')
+        if temperature <= 0:
+            raise InputError(f'model.local_objective.temperature={temperature} must be > 0')
+        self.loss_mode = loss_mode
+        self.temperature = float(temperature)
+        k, num = self.module_index, self.num_modules
+        self.lambda_recon = scheduled_value(lambda_recon, k, num, 'model.local_objective.lambda_recon')
+        self.lambda_task = scheduled_value(lambda_task, k, num, 'model.local_objective.lambda_task')
+        if self.lambda_recon == 0 and self.lambda_task == 0:
+            raise InputError(f'InfoPro: local module {k} of K={num} gets lambda_recon = lambda_task = 0, '
+                             'so nothing would train it; check model.local_objective.lambda_recon / lambda_task')
+        self.decoder = None
+        if self.lambda_recon != 0:
+            self.decoder = build_aux_head(decoder or dict(type='ReconDecoder', width_mult=width_mult),
+                                          'model.local_objective.decoder', in_channels=in_channels,
+                                          out_channels=image_channels)
+        self.head = None
+        if self.lambda_task != 0:
+            self.head = build_aux_head(head or dict(type='ConvFCHead', width_mult=width_mult),
+                                       'model.local_objective.head', in_channels=in_channels,
+                                       num_classes=num_classes if loss_mode == 'softmax' else proj_dim)
+
+    def extra_repr(self) -> str:
+        return (f'loss_mode={self.loss_mode!r}, lambda_recon={self.lambda_recon:g}, '
+                f'lambda_task={self.lambda_task:g}')
+
+    def loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
+        losses: Dict[str, Tensor] = {}
+        if self.decoder is not None:
+            target = ctx.image01()
+            logits = self.decoder(feat, target.shape[-2:])
+            if logits.shape != target.shape:
+                raise InputError(f'InfoPro decoder predicts {tuple(logits.shape)} but the image is '
+                                 f'{tuple(target.shape)}; set local_objective.image_channels')
+            losses['loss_recon'] = self.lambda_recon * F.binary_cross_entropy_with_logits(
+                logits.float(), target.float())
+        if self.head is not None:
+            out = self.head(feat)
+            if self.loss_mode == 'softmax':
+                losses['loss_cls'] = self.lambda_task * F.cross_entropy(out, ctx.targets)
+            else:
+                z = F.normalize(out.float(), dim=1)
+                losses['loss_contrast'] = self.lambda_task * supervised_contrastive_loss(
+                    z, ctx.targets, self.temperature)
+        return losses

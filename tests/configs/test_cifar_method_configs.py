@@ -1,0 +1,59 @@
+"""The CIFAR configs of every method: published cuts and lambdas, and they build."""
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from localvision.registry import MODELS
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+METHODS = ('dgl', 'infopro_softmax', 'infopro_contrast', 'contsup_e', 'contsup_r1', 'contsup_r1e')
+# (lambda1_first, lambda2_first, lambda1_last, lambda2_last) of the InfoPro paper
+LAMBDAS = {32: {2: (5, 1, 0, 0), 4: (6, 0, 1, 2), 8: (5, 0, 0, 2), 16: (5, 0.05, 0.2, 0.5)},
+           110: {2: (5, 0.5, 0, 0), 4: (1, 0, 0, 1), 8: (5, 0, 0, 1), 16: (5, 0, 0.5, 1)}}
+
+
+def cfg_of(net, method, k):
+    return Config.fromfile(osp.join(ROOT, f'configs/cls/cifar_resnet{net}_{method}_k{k}.py'))
+
+
+@pytest.mark.parametrize('net', [32, 110])
+@pytest.mark.parametrize('k', [2, 4, 8, 16])
+def test_every_method_inherits_the_greedy_split_and_sets_its_objective(net, k):
+    greedy = cfg_of(net, 'greedy', k)
+    for method in METHODS:
+        cfg = cfg_of(net, method, k)
+        assert cfg.model.split == greedy.model.split
+        assert cfg.optim_wrapper == greedy.optim_wrapper and cfg.param_scheduler == greedy.param_scheduler
+        assert cfg.train_dataloader.dataset.data_root == 'data/cifar10'
+        obj = cfg.model.local_objective
+        if method == 'dgl':
+            assert obj == dict(type='DGL')
+        elif method.startswith('infopro'):
+            l1a, l2a, l1b, l2b = LAMBDAS[net][k]
+            assert obj.type == 'InfoPro' and obj.loss_mode == method.split('_')[1]
+            assert tuple(obj.lambda_recon) == (l1a, l1b) and tuple(obj.lambda_task) == (l2a, l2b)
+            assert 'head' not in obj
+        else:
+            assert obj.type == 'Greedy'
+            assert cfg.model.context == dict(type='ContSup', variant=method.split('_')[1].upper())
+
+
+def test_there_is_a_config_for_every_net_method_and_k():
+    names = {osp.basename(p) for p in glob.glob(osp.join(ROOT, 'configs/cls/cifar_resnet*_k*.py'))}
+    for net in (32, 110):
+        for method in METHODS:
+            for k in (2, 4, 8, 16):
+                assert f'cifar_resnet{net}_{method}_k{k}.py' in names
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_resnet32_k4_models_build_with_the_published_cuts(method):
+    init_default_scope('localvision')
+    model = MODELS.build(cfg_of(32, method, 4).model)
+    assert model.backbone.cuts == [model.backbone.seq.index_of(c) for c in [(1, 2), (2, 1), (3, 0)]]
+    if method.startswith('infopro'):
+        assert [(o.lambda_recon, o.lambda_task) for o in model.objectives] == [(6, 0), (3.5, 1), (1, 2)]
+    assert (model.context is not None) == method.startswith('contsup')

@@ -1,0 +1,335 @@
+"""Learning quality of the local-learning methods: accuracy, peak memory and speed, side by side.
+
+    python tools/analysis/learning_quality.py [CONFIG] [--methods e2e greedy dgl infopro_softmax
+        infopro_contrast contsup_r1e ...] [--ks 4] [--epochs 3] [--train-per-class 200]
+        [--data-root data/lv_shapes_cls] [--batch-size 64] [--out-dir DIR] [--cfg-options k=v ...]
+
+Every method is trained from the same seed with the config's recipe (optimizer, data pipeline)
+for ``--epochs`` epochs (a one-epoch linear warm-up, then cosine decay), then evaluated on the
+validation split. CONFIG defaults to ``configs/cls/cifar_resnet32_shapes_greedy_k4.py``, which
+trains on the built-in set (``python tools/misc/make_demo_data.py cls``); ``--data-root`` points it
+at any ImageFolder (``<root>/train/<class>/*``, ``<root>/val/<class>/*``).
+
+For each method and K the table gives:
+
+- top-1 accuracy on the validation split after training;
+- peak training memory of one iteration (forward, backward, step), measured after training on
+  a real training batch with :func:`localvision.utils.memory.measure_peak_memory` (CUDA
+  allocator peak, or on CPU the exact peak of live tensor storages);
+- median seconds per training iteration (``train_step`` only, data loading excluded), timed
+  after all runs in ``--timing-rounds`` rounds that interleave the methods on one real batch each,
+  so a busy machine slows them alike (the median during training is kept in the JSON too).
+
+Results go to ``learning_quality.json`` and ``learning_quality.png`` in ``--out-dir``. The run is
+short by design: differences of a point or two are within the noise of one seed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+from collections import defaultdict
+from typing import Callable, Dict, List, Optional, Tuple
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+import torch  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+
+from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: E402
+
+DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_shapes_greedy_k4.py'
+# InfoPro's (lambda1_first, lambda2_first, lambda1_last, lambda2_last) for ResNet-32 on CIFAR-10
+INFOPRO_LAMBDAS = {2: (5, 1, 0, 0), 4: (6, 0, 1, 2), 8: (5, 0, 0, 2), 16: (5, 0.05, 0.2, 0.5)}
+
+
+def infopro_lambdas(k: int) -> dict:
+    """The published ResNet-32 lambdas for K, else those of the nearest smaller published K."""
+    key = max([kk for kk in INFOPRO_LAMBDAS if kk <= k] or [2])
+    l1a, l2a, l1b, l2b = INFOPRO_LAMBDAS[key]
+    return dict(lambda_recon=(l1a, l1b), lambda_task=(l2a, l2b))
+
+
+def method_model_cfg(method: str, k: int) -> Dict[str, Optional[dict]]:
+    """``local_objective`` and ``context`` of a method name (see ``METHODS``)."""
+    greedy = dict(type='Greedy', head=dict(type='ConvFCHead'))
+    if method in ('e2e', 'greedy'):
+        return dict(local_objective=greedy, context=None)
+    if method == 'dgl':
+        return dict(local_objective=dict(type='DGL'), context=None)
+    if method in ('infopro_softmax', 'infopro_contrast'):
+        return dict(local_objective=dict(type='InfoPro', loss_mode=method.split('_')[1], **infopro_lambdas(k)),
+                    context=None)
+    if method.startswith('contsup_'):
+        variant = method.split('_', 1)[1].upper()
+        ctx = dict(type='ContSup', variant=variant)
+        if variant.startswith('RN'):
+            ctx.update(variant=variant.replace('RN', 'Rn'), n=2)
+        return dict(local_objective=greedy, context=ctx)
+    raise SystemExit(f'error: --methods: {method!r} is unknown; allowed: {list(METHODS)}')
+
+
+METHODS = ('e2e', 'greedy', 'dgl', 'infopro_softmax', 'infopro_contrast', 'contsup_e', 'contsup_r1', 'contsup_rn',
+           'contsup_r1e')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config', nargs='?', default=DEFAULT_CONFIG)
+    p.add_argument('--methods', nargs='+', default=['e2e', 'greedy', 'dgl', 'infopro_softmax', 'infopro_contrast',
+                                                    'contsup_r1e'], choices=METHODS, metavar='METHOD',
+                   help=f'methods to compare (e2e is always K=1); allowed: {", ".join(METHODS)}')
+    p.add_argument('--ks', type=int, nargs='+', default=[4], help='numbers of modules of the local methods')
+    p.add_argument('--strategy', default='balanced', choices=['equal', 'balanced'],
+                   help="split for a K the config's explicit cuts do not give (default: %(default)s)")
+    p.add_argument('--epochs', type=int, default=3)
+    p.add_argument('--train-per-class', type=int, default=200,
+                   help='training images per class, the first N of each class (0: all; default: %(default)s)')
+    p.add_argument('--data-root', default=None, help="an ImageFolder root (default: the config's)")
+    p.add_argument('--batch-size', type=int, default=None, help="default: the config's")
+    p.add_argument('--workers', type=int, default=1, help='data loader workers (default: %(default)s)')
+    p.add_argument('--lr', type=float, default=None, help="default: the config's")
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--timing-rounds', type=int, default=5,
+                   help='interleaved timing rounds after training (default: %(default)s)')
+    p.add_argument('--out-dir', default=None, help='default: work_dirs/learning_quality')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return p.parse_args(argv)
+
+
+class IterTimes(Hook):
+    """Seconds of every ``train_step`` and the loss it logged."""
+
+    priority = 'VERY_LOW'
+
+    def __init__(self) -> None:
+        self.times: List[float] = []
+        self.losses: List[float] = []
+        self._t0 = 0.0
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._t0)
+        if outputs and 'loss' in outputs:
+            self.losses.append(float(outputs['loss']))
+
+
+def balanced_indices(dataset_cfg: dict, per_class: int) -> List[int]:
+    """Indices of the first ``per_class`` samples of every class of a dataset config."""
+    from localvision.registry import DATASETS
+    ds = DATASETS.build(dict(dataset_cfg, pipeline=[]))
+    taken: Dict[int, int] = defaultdict(int)
+    out = []
+    for i in range(len(ds)):
+        label = int(ds.get_data_info(i)['gt_label'])
+        if taken[label] < per_class:
+            taken[label] += 1
+            out.append(i)
+    return out
+
+
+def run_cfg(base: Config, method: str, k: int, args, work_dir: str) -> Config:
+    """The config of one method at K: the base recipe with the method's objective and context."""
+    cfg = copy.deepcopy(base)
+    model = cfg.model
+    split = model.setdefault('split', {})
+    explicit = split.get('cuts') is not None and len(split['cuts']) + 1 == k
+    if not explicit:
+        split['cuts'] = None
+        split['num_modules'] = k
+        split['strategy'] = args.strategy
+    parts = method_model_cfg(method, k)
+    model['local_objective'] = parts['local_objective']
+    model['context'] = parts['context']
+    e = args.epochs
+    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=e, val_interval=e + 1)  # validated once, after
+    warm = 1 if e > 1 else 0
+    cfg.param_scheduler = ([dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=warm,
+                                 convert_to_iter_based=True)] if warm else []) + [
+        dict(type='CosineAnnealingLR', T_max=e - warm, by_epoch=True, begin=warm, end=e, convert_to_iter_based=True)]
+    cfg.default_hooks.checkpoint = None
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=10 ** 6)
+    cfg.log_level = 'WARNING'
+    cfg.randomness = dict(seed=args.seed)
+    cfg.work_dir = work_dir
+    cfg.visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+    return cfg
+
+
+def prepare_base(args) -> Config:
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    for name in ('train_dataloader', 'val_dataloader'):
+        dl = cfg[name]
+        if args.data_root:
+            dl.dataset.data_root = args.data_root
+        dl.num_workers = args.workers
+        dl.persistent_workers = args.workers > 0
+        if args.batch_size and name == 'train_dataloader':
+            dl.batch_size = args.batch_size
+    cfg.test_dataloader = cfg.val_dataloader
+    if args.lr is not None:
+        cfg.optim_wrapper.optimizer.lr = args.lr
+    from localvision.registry import DATASETS  # noqa: F401  (registers the data sets)
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope', 'localvision'))
+    if cfg.get('custom_imports'):
+        import importlib
+        for m in cfg.custom_imports['imports']:
+            importlib.import_module(m)
+    if args.data_root and 'model.num_classes' not in (args.cfg_options or {}):
+        prefix = cfg.train_dataloader.dataset.get('data_prefix', '')
+        prefix = prefix.get('img_path', '') if isinstance(prefix, dict) else prefix
+        train_dir = osp.join(args.data_root, prefix)
+        if not osp.isdir(train_dir):
+            raise SystemExit(f'error: --data-root: {train_dir} is not a folder (ImageFolder layout: '
+                             '<root>/train/<class>/<image>, <root>/val/<class>/<image>)')
+        cfg.model.num_classes = len([d for d in os.listdir(train_dir) if osp.isdir(osp.join(train_dir, d))])
+    if args.train_per_class:
+        cfg.train_dataloader.dataset.indices = balanced_indices(cfg.train_dataloader.dataset.to_dict(),
+                                                                args.train_per_class)
+    return cfg
+
+
+def train_and_measure(cfg: Config) -> Tuple[dict, Callable[[], None]]:
+    """Train, validate, measure the peak memory of one more iteration; return the results and
+    that iteration as a function (for the interleaved timing)."""
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg)
+    timer = IterTimes()
+    runner.register_hook(timer)
+    t0 = time.perf_counter()
+    runner.train()
+    train_s = time.perf_counter() - t0
+    metrics = runner.val()
+    model, ow = runner.model, runner.optim_wrapper
+    device = next(model.parameters()).device
+    batch = next(iter(runner.train_dataloader))
+
+    def one_iter():
+        model.train_step(copy.deepcopy(batch), ow)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+    model.train()
+    one_iter()
+    peak = measure_peak_memory(one_iter, device=device, baseline=(model, ow.optimizer))
+    iters_per_epoch = len(runner.train_dataloader)
+    last = timer.losses[-iters_per_epoch:]
+    result = dict(accuracy=float(metrics.get('accuracy/top1', float('nan'))), peak_bytes=int(peak),
+                  train_sec_per_iter=statistics.median(timer.times), train_seconds=train_s,
+                  iters=len(timer.times), final_train_loss=sum(last) / max(len(last), 1),
+                  train_images=len(runner.train_dataloader.dataset), val_images=len(runner.val_dataloader.dataset),
+                  split=model.backbone.describe(), params=sum(p.numel() for p in model.parameters()))
+    return result, one_iter
+
+
+def run(argv=None) -> List[dict]:
+    args = parse_args(argv)
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')  # where the Runner trains
+    base = prepare_base(args)
+    out_dir = args.out_dir or osp.join('work_dirs', 'learning_quality')
+    os.makedirs(out_dir, exist_ok=True)
+    jobs = []
+    for method in args.methods:
+        for k in ([1] if method == 'e2e' else args.ks):
+            jobs.append((method, k))
+    n_train = len(base.train_dataloader.dataset.get('indices') or []) or None
+    print(f'{len(jobs)} runs of {args.epochs} epoch(s) on {base.train_dataloader.dataset.data_root} '
+          f'({n_train or "all"} training images, batch {base.train_dataloader.batch_size}), device {device}',
+          flush=True)
+    logging.getLogger('mmengine').setLevel(logging.WARNING)
+    results, iters = [], []
+    for method, k in jobs:
+        name = f'{method}_k{k}'
+        cfg = run_cfg(base, method, k, args, osp.join(out_dir, 'runs', name))
+        t0 = time.perf_counter()
+        r, one_iter = train_and_measure(cfg)
+        r.update(method=method, k=k)
+        results.append(r)
+        iters.append(one_iter)
+        print(f"[{name}] top-1 {r['accuracy']:.2f}%  peak {format_bytes(r['peak_bytes'])}  "
+              f"{r['train_sec_per_iter']:.3f} s/iter while training  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    times: List[List[float]] = [[] for _ in results]
+    for _ in range(max(args.timing_rounds, 1)):  # interleaved: machine load hits every method alike
+        for t, fn in zip(times, iters):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    for r, t in zip(results, times):
+        r['sec_per_iter'] = statistics.median(t)
+    del iters
+    meta = dict(config=args.config, data_root=base.train_dataloader.dataset.data_root, epochs=args.epochs,
+                train_images=results[0]['train_images'] if results else n_train,
+                val_images=results[0]['val_images'] if results else None,
+                batch_size=base.train_dataloader.batch_size, seed=args.seed,
+                timing_rounds=max(args.timing_rounds, 1),
+                device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                date=time.strftime('%Y-%m-%d %H:%M'),
+                memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
+                else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')
+    print_table(results, meta)
+    with open(osp.join(out_dir, 'learning_quality.json'), 'w') as f:
+        json.dump(dict(meta=meta, results=results), f, indent=2)
+    plot(results, meta, osp.join(out_dir, 'learning_quality.png'))
+    print(f'wrote {out_dir}/learning_quality.json and learning_quality.png')
+    return results
+
+
+def print_table(results: List[dict], meta: dict) -> None:
+    print(f"\n{osp.basename(meta['config'])} on {meta['data_root']}: {meta['epochs']} epoch(s), "
+          f"{meta['train_images'] or 'all'} training / {meta['val_images']} validation images, "
+          f"batch {meta['batch_size']}, device {meta['device']}")
+    e2e = next((r for r in results if r['method'] == 'e2e'), None)
+    head = (f"{'method':<18}{'K':>3}{'top-1 %':>9}{'peak memory':>14}{'vs E2E':>8}{'s/iter':>9}{'vs E2E':>8}"
+            f"{'train loss':>12}")
+    print(head)
+    print('-' * len(head))
+    for r in results:
+        mem = f"{r['peak_bytes'] / e2e['peak_bytes']:>7.0%}" if e2e else f"{'':>7}"
+        t = f"{r['sec_per_iter'] / e2e['sec_per_iter']:>7.2f}x" if e2e else f"{'':>8}"
+        print(f"{r['method']:<18}{r['k']:>3}{r['accuracy']:>9.2f}{format_bytes(r['peak_bytes']):>14} {mem}"
+              f"{r['sec_per_iter']:>9.3f}{t}{r['final_train_loss']:>12.3f}")
+
+
+def plot(results: List[dict], meta: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = [f"{r['method']}\nK={r['k']}" for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    series = ((axes[0], [r['accuracy'] for r in results], 'top-1 accuracy (%)'),
+              (axes[1], [r['peak_bytes'] / 2 ** 20 for r in results], 'peak training memory (MiB)'),
+              (axes[2], [r['sec_per_iter'] for r in results], 'seconds / iteration'))
+    colors = ['tab:gray' if r['method'] == 'e2e' else f"C{sorted({x['k'] for x in results}).index(r['k'])}"
+              for r in results]
+    for ax, vals, label in series:
+        bars = ax.bar(range(len(vals)), vals, color=colors)
+        for b, v in zip(bars, vals):
+            ax.annotate(f'{v:.1f}' if v >= 1 else f'{v:.3f}', (b.get_x() + b.get_width() / 2, v), ha='center',
+                        va='bottom', fontsize=7)
+        ax.set_xticks(range(len(vals)))
+        ax.set_xticklabels(names, rotation=45, ha='right', fontsize=7)
+        ax.set_ylabel(label)
+    fig.suptitle(f"{osp.basename(meta['config'])}: {meta['epochs']} epoch(s), {meta['train_images'] or 'all'} "
+                 f"training images, {meta['device']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == '__main__':
+    run()
