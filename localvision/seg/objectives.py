@@ -1,0 +1,155 @@
+"""Local objectives for segmentation (registered in ``localvision.registry.OBJECTIVES``).
+
+InfoPro's segmentation recipe (Wang et al., ICLR 2021, DeepLab-v3 on Cityscapes): the local loss
+of module k is ``lambda_recon * L_recon + lambda_task * L_seg`` where
+
+- ``L_seg``: pixel-wise cross-entropy of an auxiliary segmentation head
+  (:class:`SegAuxHead`: conv3x3 (C -> 512) - BN - ReLU - Dropout2d(0.1) - conv1x1 (-> classes)),
+  its logits bilinearly upsampled to the label size, ``ignore_index`` pixels left out;
+- ``L_recon``: a decoder (:class:`SegReconDecoder`: conv1x1 (C -> 128), then three x2 upsamples
+  with conv3x3 128 -> 32 -> 12 -> 3) predicts the un-normalised image in [0, 1]
+  (sigmoid + BCE against ``ctx.image01()``).
+
+``SegGreedy`` is the same objective without the reconstruction term (greedy supervised local
+learning with a segmentation head).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from localvision.errors import InputError
+from localvision.models.objectives.base import LocalContext, LocalObjective, scheduled_value
+from localvision.registry import AUX_HEADS, OBJECTIVES
+
+Tensor = torch.Tensor
+Weight = Union[float, Sequence[float]]
+
+
+@AUX_HEADS.register_module()
+class SegAuxHead(nn.Module):
+    """InfoPro's auxiliary segmentation head: conv3x3 - BN - ReLU - Dropout2d - conv1x1.
+
+    Args:
+        in_channels: channels of the module output.
+        num_classes: output channels (classes).
+        channels: width of the 3x3 conv (512 in the paper).
+        dropout: Dropout2d probability (0.1).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 512, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.cls = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cls(self.drop(self.act(self.bn(self.conv(x)))))
+
+
+@AUX_HEADS.register_module()
+class SegReconDecoder(nn.Module):
+    """InfoPro's segmentation decoder: conv1x1 (C -> 128) - BN - ReLU, then three times
+    (x2 bilinear upsample, conv3x3 - BN - ReLU) through 32 and 12 channels to the image channels.
+
+    Returns logits of the image in [0, 1] at ``size`` (resized bilinearly when three x2 steps do
+    not land exactly on the image size, e.g. at output stride 16 or 4).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 3, widths: Sequence[int] = (128, 32, 12),
+                 width_mult: float = 1.0) -> None:
+        super().__init__()
+        w = [max(int(round(c * width_mult)), 1) for c in widths]
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, w[0], 1, bias=False), nn.BatchNorm2d(w[0]),
+                                    nn.ReLU(inplace=True))
+        chans = list(w) + [out_channels]
+        ups = []
+        for i in range(3):
+            cin, cout = chans[i], chans[i + 1]
+            if i < 2:
+                ups.append(nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                         nn.ReLU(inplace=True)))
+            else:
+                ups.append(nn.Conv2d(cin, cout, 3, padding=1))
+        self.ups = nn.ModuleList(ups)
+
+    def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
+        x = self.reduce(x)
+        for up in self.ups:
+            x = up(F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False))
+        size = tuple(int(s) for s in size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+        return x
+
+
+@OBJECTIVES.register_module(name='InfoProSeg')
+class InfoProSegObjective(LocalObjective):
+    """InfoPro for segmentation: ``lambda_recon * L_recon + lambda_task * L_seg``.
+
+    Args:
+        lambda_recon / lambda_task: weight of each term: a number, ``(first, last)`` local
+            module (interpolated), or a list of K-1 numbers (see ``scheduled_value``). The
+            paper's K=2 Cityscapes setting is ``lambda_recon=1.5, lambda_task=1``.
+        head: auxiliary segmentation head config (default :class:`SegAuxHead`).
+        decoder: reconstruction decoder config (default :class:`SegReconDecoder`).
+        ignore_index: label value left out of the loss (255).
+        image_channels: channels of the reconstructed image.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, lambda_recon: Weight = 1.5, lambda_task: Weight = 1.0,
+                 head: Optional[dict] = None, decoder: Optional[dict] = None, ignore_index: int = 255,
+                 image_channels: int = 3, align_corners: bool = False, **kwargs) -> None:
+        super().__init__(in_channels, num_classes, **kwargs)
+        k, num = self.module_index, self.num_modules
+        self.lambda_recon = scheduled_value(lambda_recon, k, num, 'model.local_objective.lambda_recon')
+        self.lambda_task = scheduled_value(lambda_task, k, num, 'model.local_objective.lambda_task')
+        if self.lambda_recon == 0 and self.lambda_task == 0:
+            raise InputError(f'{type(self).__name__}: local module {k} of K={num} gets lambda_recon = '
+                             'lambda_task = 0, so nothing would train it')
+        self.ignore_index = ignore_index
+        self.align_corners = align_corners
+        self.decoder = None
+        if self.lambda_recon != 0:
+            dec = dict(decoder or dict(type='SegReconDecoder'))
+            dec.update(in_channels=in_channels, out_channels=image_channels)
+            self.decoder = AUX_HEADS.build(dec)
+        self.head = None
+        if self.lambda_task != 0:
+            h = dict(head or dict(type='SegAuxHead'))
+            h.update(in_channels=in_channels, num_classes=num_classes)
+            self.head = AUX_HEADS.build(h)
+
+    def extra_repr(self) -> str:
+        return f'lambda_recon={self.lambda_recon:g}, lambda_task={self.lambda_task:g}'
+
+    def loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
+        losses: Dict[str, Tensor] = {}
+        if self.head is not None:
+            target = ctx.targets
+            logits = self.head(feat)
+            logits = F.interpolate(logits, size=tuple(target.shape[-2:]), mode='bilinear',
+                                   align_corners=self.align_corners)
+            losses['loss_seg'] = self.lambda_task * F.cross_entropy(logits.float(), target,
+                                                                    ignore_index=self.ignore_index)
+        if self.decoder is not None:
+            image = ctx.image01()
+            logits = self.decoder(feat, image.shape[-2:])
+            losses['loss_recon'] = self.lambda_recon * F.binary_cross_entropy_with_logits(
+                logits.float(), image.float())
+        return losses
+
+
+@OBJECTIVES.register_module(name='SegGreedy')
+class SegGreedyObjective(InfoProSegObjective):
+    """Greedy local learning for segmentation: the auxiliary segmentation head's CE only."""
+
+    def __init__(self, in_channels: int, num_classes: int, loss_weight: float = 1.0, **kwargs) -> None:
+        kwargs.pop('lambda_recon', None)
+        kwargs.pop('lambda_task', None)
+        super().__init__(in_channels, num_classes, lambda_recon=0.0, lambda_task=loss_weight, **kwargs)
