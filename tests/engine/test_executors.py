@@ -125,3 +125,20 @@ def test_unknown_executor_and_objective_fail_at_build_time():
         make_model(k=2, objective=dict(type='InfoProo'))
     with pytest.raises(ValueError, match=r'lists 1 objectives but the split has 2 local modules'):
         make_model(k=3, objective=[dict(type='Greedy')])
+
+
+@pytest.mark.gpu
+def test_amp_per_module_backward_matches_joint_on_cuda():
+    """AMP loss scaling through AmpOptimWrapper (needs CUDA: mmengine's AmpOptimWrapper refuses CPU)."""
+    from mmengine.optim import AmpOptimWrapper
+    batch = make_batch()
+    grads = []
+    for executor in ('PerModuleBackward', 'JointBackward'):
+        model = make_model(k=3, executor=executor).cuda()
+        ow = AmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), loss_scale=1024.0,
+                             accumulative_counts=2)
+        model.train_step(copy.deepcopy(batch), ow)
+        assert ow.inner_count == 1
+        grads.append({n: p.grad.float() / 1024.0 for n, p in model.named_parameters() if p.grad is not None})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-2, atol=1e-4)
