@@ -7,6 +7,11 @@ Segmentation (``LocalEncoderDecoder``): writes an mmseg ``EncoderDecoder`` check
 ``TIMMBackbone(features_only=True, pretrained=False)`` keys (auxiliary nets of local learning
 dropped) and the matching plain mmseg config; ``mmseg.apis.init_model(OUT_config.py, OUT.pth)``
 loads it without localvision installed and predicts the same.
+
+Detection (``LocalSingleStageDetector`` / ``LocalTwoStageDetector``): writes an mmdet
+``SingleStageDetector`` / ``TwoStageDetector`` checkpoint with mmdet's ``ResNet`` backbone (plain
+timm ResNets) and the matching plain mmdet config; ``mmdet.apis.init_detector(OUT_config.py,
+OUT.pth)`` loads it without localvision and detects the same.
 """
 import argparse
 import os.path as osp
@@ -37,11 +42,16 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.cfg_options)
         check_checkpoint(args.checkpoint)
-        from localvision.seg.export import export
+        if cfg.model.get('type') in ('LocalSingleStageDetector', 'LocalTwoStageDetector'):
+            from localvision.det.export import export
+        else:
+            from localvision.seg.export import export
         ckpt, config = export(cfg, args.checkpoint, args.out, args.out_config)
     except InputError as e:
         raise SystemExit(f'error: {e}') from None
-    print(f'wrote {ckpt} and {config} (stock mmseg: mmseg.apis.init_model({config!r}, {ckpt!r}))')
+    api = ('mmdet.apis.init_detector' if cfg.model.get('type') in ('LocalSingleStageDetector', 'LocalTwoStageDetector')
+           else 'mmseg.apis.init_model')
+    print(f'wrote {ckpt} and {config} (stock: {api}({config!r}, {ckpt!r}))')
     return ckpt, config
 
 

@@ -4,6 +4,8 @@
                                             [--train-per-class 500] [--val-per-class 100]
     python tools/misc/make_demo_data.py seg [--out data/lv_shapes_seg] [--size 64] [--seed 0]
                                             [--num-train 400] [--num-val 100]
+    python tools/misc/make_demo_data.py det [--out data/lv_shapes_det] [--size 128] [--seed 0]
+                                            [--num-train 800] [--num-val 200]
 
 One subcommand per task. To add one (``seg``, ``det``...), write ``add_<task>_parser(subparsers)``
 that adds its parser and sets ``func`` to a ``run(args) -> Path`` function, and list it in
@@ -50,7 +52,23 @@ def add_seg_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_seg)
 
 
-SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_seg_parser]
+def run_det(args: argparse.Namespace) -> Path:
+    from localvision.datasets.synthetic_det import make_shapes_detection
+    return make_shapes_detection(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.size,
+                                 seed=args.seed)
+
+
+def add_det_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('det', help='shapes object detection, 5 classes (COCO json + images)')
+    p.add_argument('--out', default='data/lv_shapes_det', help='output folder (default: %(default)s)')
+    p.add_argument('--size', type=int, default=128, help='image side in pixels (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
+    p.add_argument('--num-train', type=int, default=800, help='training images (default: %(default)s)')
+    p.add_argument('--num-val', type=int, default=200, help='validation images (default: %(default)s)')
+    p.set_defaults(func=run_det)
+
+
+SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_seg_parser, add_det_parser]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

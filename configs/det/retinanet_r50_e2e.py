@@ -1,0 +1,3 @@
+# The end-to-end baseline through the same code path (K=1: one module, no local objective).
+_base_ = ['./retinanet_r50_infopro_k4.py']
+model = dict(split=dict(num_modules=1), local_objective=None)

@@ -1,0 +1,3 @@
+# RetinaNet on ViT-Small/16, the end-to-end baseline through the same code path (K=1).
+_base_ = ['./retinanet_vit_small_infopro_k4.py']
+model = dict(split=dict(num_modules=1), local_objective=None)

@@ -1,0 +1,14 @@
+"""Object detection with local learning, as mmdet components (registered in mmdet's registries:
+mmdet configs keep ``_scope_='mmdet'``; local objectives go to localvision's ``OBJECTIVES``).
+
+Configs pull this in with ``custom_imports=dict(imports=['localvision.det'])``;
+``import localvision`` alone never imports mmdet.
+"""
+from .datasets import CheckedCocoDataset, ShapesDetDataset, check_coco_annotations
+from .local_detector import LocalDetectorMixin, LocalSingleStageDetector, LocalTwoStageDetector
+from .objectives import DenseDetAuxHead, DetGreedyObjective, DetReconDecoder, InfoProDetObjective
+from .simple_pyramid import SimplePyramid
+
+__all__ = ['LocalDetectorMixin', 'LocalSingleStageDetector', 'LocalTwoStageDetector', 'InfoProDetObjective',
+           'DetGreedyObjective', 'DenseDetAuxHead', 'DetReconDecoder', 'SimplePyramid', 'CheckedCocoDataset',
+           'ShapesDetDataset', 'check_coco_annotations']

@@ -1,0 +1,155 @@
+"""Export a trained local detector to a checkpoint + config that stock mmdet loads.
+
+The exported model is mmdet's own ``SingleStageDetector`` / ``TwoStageDetector`` with mmdet's
+``ResNet`` backbone: a plain timm ResNet (``resnet18/34/50/101/152``: 7x7 stem, strided 3x3 in
+the bottleneck, 1x1 projection shortcuts) has exactly the layout of mmdet's ResNet with
+``style='pytorch'``, and the same parameter names under ``layer*`` / ``conv1`` / ``bn1``; only the
+prefix changes (``backbone.model.*`` -> ``backbone.*``). The auxiliary nets of local learning
+(local objectives) are dropped. Data sets of localvision in the config become mmdet's
+``CocoDataset`` with the same classes, and ``custom_imports`` is removed, so the exported config
+needs neither localvision nor timm.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from localvision.errors import InputError
+
+LOCAL_KEYS = ('split', 'out_indices', 'out_blocks', 'local_objective', 'executor')
+LOCAL_TYPES = {'LocalSingleStageDetector': 'SingleStageDetector', 'LocalTwoStageDetector': 'TwoStageDetector'}
+LOCAL_DATASETS = ('ShapesDetDataset', 'CheckedCocoDataset')
+DEPTHS = {('BasicBlock', (2, 2, 2, 2)): 18, ('BasicBlock', (3, 4, 6, 3)): 34, ('Bottleneck', (3, 4, 6, 3)): 50,
+          ('Bottleneck', (3, 4, 23, 3)): 101, ('Bottleneck', (3, 8, 36, 3)): 152}
+
+
+def mmdet_resnet_depth(timm_model: nn.Module, name: str) -> int:
+    """The depth of mmdet's ResNet that has exactly this timm model's layout, or raise."""
+    from timm.models.resnet import ResNet
+    why = None
+    if not isinstance(timm_model, ResNet):
+        why = 'it is not a timm ResNet'
+    elif not isinstance(timm_model.conv1, nn.Conv2d) or timm_model.conv1.kernel_size != (7, 7):
+        why = 'its stem is not the plain 7x7 conv (deep / tiered stem: resnet*d, resnet*t)'
+    else:
+        blocks = [len(getattr(timm_model, f'layer{i}')) for i in range(1, 5)]
+        first = timm_model.layer1[0]
+        kind = type(first).__name__
+        for i in range(1, 5):
+            ds = getattr(timm_model, f'layer{i}')[0].downsample
+            if ds is not None and not isinstance(ds[0], nn.Conv2d):
+                why = 'its shortcuts average-pool (avg_down: resnet*d)'
+        extras = [n for n in ('se', 'aa', 'drop_block') if not isinstance(getattr(first, n, None), (type(None), nn.Identity))]
+        if extras:
+            why = f'its blocks have {extras}'
+        if getattr(first, 'conv2', None) is not None and getattr(first.conv2, 'groups', 1) != 1:
+            why = 'its blocks are grouped (ResNeXt)'
+        if why is None and (kind, tuple(blocks)) not in DEPTHS:
+            why = f'{kind} x {blocks} is none of ResNet-18/34/50/101/152'
+        if why is None:
+            return DEPTHS[(kind, tuple(blocks))]
+    raise InputError(f'backbone {name} cannot be exported to stock mmdet: {why}; export supports the plain timm '
+                     'ResNets (resnet18, resnet34, resnet50, resnet101, resnet152), which are mmdet\'s ResNet')
+
+
+def mmdet_out_indices(model) -> List[int]:
+    """mmdet ResNet ``out_indices`` (0 = layer1) giving exactly the detector's levels."""
+    seq = model.backbone.seq
+    out = []
+    for b in model.level_blocks:
+        info = seq.infos[b]
+        last_of_stage = max(i.index for i in seq.infos if i.stage == info.stage)
+        if info.stage == 0 or b != last_of_stage:
+            raise InputError(f'level block {info.name} is not the end of a ResNet stage; mmdet\'s ResNet cannot '
+                             'produce it, so the model cannot be exported')
+        out.append(info.stage - 1)
+    return out
+
+
+def export_state_dict(model) -> Dict[str, torch.Tensor]:
+    """The detector's weights with mmdet ResNet names; local objectives dropped."""
+    out = OrderedDict()
+    for k, v in model.state_dict().items():
+        if k.startswith('objectives.') or k.startswith('data_preprocessor.'):
+            continue
+        if k.startswith('backbone.model.'):
+            k = 'backbone.' + k[len('backbone.model.'):]
+            if k.startswith('backbone.fc.'):
+                continue
+        out[k] = v.detach().clone()
+    return out
+
+
+def _stock_dataset(ds, classes) -> None:
+    if isinstance(ds, dict):
+        if ds.get('type') in LOCAL_DATASETS:
+            ds['type'] = 'CocoDataset'
+            ds['metainfo'] = dict(classes=tuple(classes))
+            ds.pop('check_annotations', None)
+        for v in ds.values():
+            _stock_dataset(v, classes)
+    elif isinstance(ds, (list, tuple)):
+        for v in ds:
+            _stock_dataset(v, classes)
+
+
+def stock_model_cfg(model_cfg: dict, model) -> dict:
+    """The ``model`` config of the same network as a stock mmdet detector."""
+    cfg = copy.deepcopy(dict(model_cfg))
+    for k in LOCAL_KEYS:
+        cfg.pop(k, None)
+    depth = mmdet_resnet_depth(model.backbone.model, model.backbone.model_name)
+    cfg['backbone'] = dict(type='ResNet', depth=depth, num_stages=4, out_indices=tuple(mmdet_out_indices(model)),
+                           frozen_stages=model.frozen_stages, norm_cfg=dict(type='BN', requires_grad=True),
+                           norm_eval=model.norm_eval, style='pytorch', init_cfg=None)
+    cfg['type'] = LOCAL_TYPES[cfg['type']]
+    if cfg.get('neck') is not None and 'in_channels' in cfg['neck']:
+        neck_in = model.level_channels()
+        cfg['neck'] = dict(cfg['neck'], in_channels=neck_in if isinstance(cfg['neck']['in_channels'], (list, tuple))
+                           else neck_in[-1])
+    return cfg
+
+
+def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str, str]:
+    """Build the model of ``cfg``, load ``checkpoint``, write the stock checkpoint (and config)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import load_checkpoint
+    from mmdet.registry import MODELS
+
+    import localvision.det  # noqa: F401
+    init_default_scope('mmdet')
+    if cfg.model.get('type') not in LOCAL_TYPES:
+        raise InputError(f"model.type={cfg.model.get('type')!r}: only {sorted(LOCAL_TYPES)} models are exported here")
+    model = MODELS.build(cfg.model)
+    stock_model = stock_model_cfg(cfg.model.to_dict(), model)  # refuses unsupported backbones before loading
+    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    state = export_state_dict(model)
+    meta = dict(ckpt.get('meta', {})) if isinstance(ckpt, dict) else {}
+    meta['exported_by'] = 'localvision tools/export_checkpoint.py'
+    torch.save(dict(state_dict=state, meta=meta), out)
+    if out_config is None:
+        out_config = out.rsplit('.', 1)[0] + '_config.py'
+    stock = Config(copy.deepcopy(cfg._cfg_dict.to_dict()))
+    stock.model = stock_model
+    stock.pop('custom_imports', None)
+    stock.pop('model_wrapper_cfg', None)
+    classes = (meta.get('dataset_meta') or {}).get('classes')
+    if classes is None:
+        from mmdet.registry import DATASETS
+        for key in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
+            t = cfg.get(key, {}).get('dataset', {}).get('type')
+            if t in LOCAL_DATASETS:
+                classes = DATASETS.get(t).METAINFO.get('classes')
+                break
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if key in stock and classes is not None:
+            d = stock[key].to_dict() if hasattr(stock[key], 'to_dict') else stock[key]
+            _stock_dataset(d, classes)
+            stock[key] = d
+    stock.dump(out_config)
+    return out, out_config

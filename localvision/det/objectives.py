@@ -1,0 +1,281 @@
+"""Local objectives for detection (registered in ``localvision.registry.OBJECTIVES``).
+
+``InfoProDet``: the local loss of module k is ``lambda_recon * L_recon + lambda_task * L_det``:
+
+- ``L_det``: a light **dense detection head** on the module's own output map
+  (:class:`DenseDetAuxHead`: two conv3x3-BN-ReLU, then a per-class logit map and a 4-channel box
+  map), trained FCOS-style: every location inside the centre region of a ground-truth box is a
+  positive for that box's class (smallest box wins; a box with no location inside gets the
+  location nearest its centre), classification by sigmoid focal loss over all locations,
+  box regression by GIoU on the positives (distances to the four sides, ``exp(pred) * stride``).
+  This gives an early module what the detector needs from it: *where* objects are, *how big*
+  and *which class*, at the module's resolution. A global classifier (greedy SL for
+  classification) would throw the positions away, and a classifier on box crops (RoIAlign on
+  each GT box) teaches the class but not localisation and costs a RoI pass per box;
+- ``L_recon``: a decoder (:class:`DetReconDecoder`: conv1x1 to 64 channels, x2 upsamples with
+  conv3x3 down to ``target_stride``) predicts the un-normalised image in [0, 1] at
+  ``1/target_stride`` of the input (default 1/4: at 512x512 reconstructing the full image from
+  a 2048-channel map would cost more memory than the module itself), sigmoid + BCE.
+
+``DetGreedy`` is the same objective without the reconstruction term (greedy supervised local
+learning with the dense detection head).
+
+Targets: ``ctx.targets`` is a list (one per image) of ``(bboxes (n, 4) xyxy in input pixels,
+labels (n,))``, as :class:`~localvision.det.local_detector.LocalDetectorMixin` puts them there.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from localvision.errors import InputError
+from localvision.models.objectives.base import LocalContext, LocalObjective, build_aux_head, scheduled_value
+from localvision.registry import AUX_HEADS, OBJECTIVES
+
+Tensor = torch.Tensor
+Weight = Union[float, Sequence[float]]
+
+
+@AUX_HEADS.register_module()
+class DenseDetAuxHead(nn.Module):
+    """A light dense detection head: ``num_convs`` x (conv3x3 - BN - ReLU), then conv3x3 to
+    ``num_classes`` logits and conv3x3 to 4 box distances (log-space, in units of the stride).
+
+    Args:
+        in_channels: channels of the module output.
+        num_classes: number of object classes (no background channel: sigmoid per class).
+        channels: width of the hidden convs.
+        num_convs: number of hidden convs.
+        prior_prob: initial foreground probability of the classifier (focal-loss init).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 128, num_convs: int = 2,
+                 prior_prob: float = 0.01) -> None:
+        super().__init__()
+        layers: List[nn.Module] = []
+        c = in_channels
+        for _ in range(num_convs):
+            layers += [nn.Conv2d(c, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                       nn.ReLU(inplace=True)]
+            c = channels
+        self.tower = nn.Sequential(*layers)
+        self.cls = nn.Conv2d(c, num_classes, 3, padding=1)
+        self.reg = nn.Conv2d(c, 4, 3, padding=1)
+        nn.init.normal_(self.cls.weight, std=0.01)
+        nn.init.constant_(self.cls.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.normal_(self.reg.weight, std=0.01)
+        nn.init.zeros_(self.reg.bias)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        x = self.tower(x)
+        return self.cls(x), self.reg(x)
+
+
+@AUX_HEADS.register_module()
+class DetReconDecoder(nn.Module):
+    """Reconstruction decoder for detection: conv1x1 (C -> ``width``) - BN - ReLU, then one
+    (x2 bilinear upsample, conv3x3 - BN - ReLU) per octave from the map's stride down to
+    ``target_stride`` (width halved each time, at least 16), then conv3x3 to the image channels.
+
+    ``forward(x, size)`` returns logits at ``size`` (the image at 1/target_stride), resized
+    bilinearly when the octaves do not land exactly on it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 3, width: int = 64, in_stride: int = 4,
+                 target_stride: int = 4) -> None:
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width),
+                                    nn.ReLU(inplace=True))
+        ups = []
+        c = width
+        steps = max(int(round(math.log2(max(in_stride, 1) / max(target_stride, 1)))), 0)
+        for _ in range(steps):
+            c2 = max(c // 2, 16)
+            ups.append(nn.Sequential(nn.Conv2d(c, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2),
+                                     nn.ReLU(inplace=True)))
+            c = c2
+        self.ups = nn.ModuleList(ups)
+        self.out = nn.Conv2d(c, out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
+        x = self.reduce(x)
+        for up in self.ups:
+            x = up(F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False))
+        x = self.out(x)
+        size = tuple(int(s) for s in size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+        return x
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Summed sigmoid focal loss (Lin et al.), as RetinaNet / FCOS use it."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    a_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (a_t * loss).sum()
+
+
+def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """Mean ``1 - GIoU`` of xyxy boxes ``pred`` and ``target`` (n, 4)."""
+    x1, y1 = torch.max(pred[:, 0], target[:, 0]), torch.max(pred[:, 1], target[:, 1])
+    x2, y2 = torch.min(pred[:, 2], target[:, 2]), torch.min(pred[:, 3], target[:, 3])
+    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    area_p = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    union = area_p + area_t - inter + eps
+    iou = inter / union
+    cx1, cy1 = torch.min(pred[:, 0], target[:, 0]), torch.min(pred[:, 1], target[:, 1])
+    cx2, cy2 = torch.max(pred[:, 2], target[:, 2]), torch.max(pred[:, 3], target[:, 3])
+    enclose = (cx2 - cx1) * (cy2 - cy1) + eps
+    return (1 - (iou - (enclose - union) / enclose)).mean()
+
+
+@torch.no_grad()
+def dense_targets(boxes: Tensor, labels: Tensor, hw: Tuple[int, int], stride: float,
+                  center_radius: float = 1.5) -> Tuple[Tensor, Tensor]:
+    """FCOS-style targets of one image on an ``hw`` grid of ``stride``.
+
+    Returns ``(assigned (H*W,) long: index of the assigned box or -1, points (H*W, 2) xy)``.
+    """
+    h, w = hw
+    device = boxes.device
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
+    py, px = torch.meshgrid(ys, xs, indexing='ij')
+    points = torch.stack([px.reshape(-1), py.reshape(-1)], dim=1)
+    assigned = torch.full((h * w,), -1, dtype=torch.long, device=device)
+    if boxes.numel() == 0:
+        return assigned, points
+    b = boxes.float()
+    x, y = points[:, 0:1], points[:, 1:2]
+    inside = (x > b[:, 0]) & (x < b[:, 2]) & (y > b[:, 1]) & (y < b[:, 3])
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    r = center_radius * stride
+    central = ((x - cx).abs() < r) & ((y - cy).abs() < r) & inside
+    area = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).expand(len(points), -1)
+    # every box gets at least the location nearest its centre
+    nearest = ((x - cx) ** 2 + (y - cy) ** 2).argmin(dim=0)
+    central[nearest, torch.arange(len(b), device=device)] = True
+    cost = torch.where(central, area, torch.full_like(area, float('inf')))
+    best, idx = cost.min(dim=1)
+    assigned = torch.where(torch.isfinite(best), idx, assigned)
+    return assigned, points
+
+
+@OBJECTIVES.register_module(name='InfoProDet')
+class InfoProDetObjective(LocalObjective):
+    """InfoPro for detection: ``lambda_recon * L_recon + lambda_task * (L_cls + L_box)``.
+
+    Args:
+        lambda_recon / lambda_task: weight of each term: a number, ``(first, last)`` local
+            module (interpolated), or a list of K-1 numbers (see ``scheduled_value``).
+        head: dense detection head config (default :class:`DenseDetAuxHead`).
+        decoder: reconstruction decoder config (default :class:`DetReconDecoder`).
+        min_stride: maps finer than this are average-pooled to it before the detection head
+            (a stride-4 map at 512x512 costs a lot for little gain).
+        recon_stride: the reconstruction target is the image at 1/recon_stride.
+        box_weight: weight of the GIoU term relative to the focal loss.
+        center_radius: FCOS centre-sampling radius, in strides.
+        in_stride: stride of the module output (filled in by the detector).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, lambda_recon: Weight = 1.0, lambda_task: Weight = 1.0,
+                 head: Optional[dict] = None, decoder: Optional[dict] = None, min_stride: int = 8,
+                 recon_stride: int = 4, box_weight: float = 1.0, center_radius: float = 1.5, in_stride: int = 8,
+                 image_channels: int = 3, **kwargs) -> None:
+        super().__init__(in_channels, num_classes, **kwargs)
+        k, num = self.module_index, self.num_modules
+        self.lambda_recon = scheduled_value(lambda_recon, k, num, 'model.local_objective.lambda_recon')
+        self.lambda_task = scheduled_value(lambda_task, k, num, 'model.local_objective.lambda_task')
+        if self.lambda_recon == 0 and self.lambda_task == 0:
+            raise InputError(f'{type(self).__name__}: local module {k} of K={num} gets lambda_recon = '
+                             'lambda_task = 0, so nothing would train it')
+        self.in_stride = int(in_stride)
+        self.min_stride = int(min_stride)
+        self.recon_stride = int(recon_stride)
+        self.box_weight = float(box_weight)
+        self.center_radius = float(center_radius)
+        self.decoder = None
+        if self.lambda_recon != 0:
+            self.decoder = build_aux_head(dict(decoder or dict(type='DetReconDecoder')),
+                                          'model.local_objective.decoder', in_channels=in_channels,
+                                          out_channels=image_channels, **self._decoder_fill(decoder))
+        self.head = None
+        if self.lambda_task != 0:
+            self.head = build_aux_head(dict(head or dict(type='DenseDetAuxHead')), 'model.local_objective.head',
+                                       in_channels=in_channels, num_classes=num_classes)
+
+    def _decoder_fill(self, decoder: Optional[dict]) -> dict:
+        if decoder is None or decoder.get('type') == 'DetReconDecoder':
+            return dict(in_stride=self.in_stride, target_stride=self.recon_stride)
+        return {}
+
+    def extra_repr(self) -> str:
+        return (f'lambda_recon={self.lambda_recon:g}, lambda_task={self.lambda_task:g}, in_stride={self.in_stride}, '
+                f'min_stride={self.min_stride}, recon_stride={self.recon_stride}')
+
+    def det_loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
+        stride = float(self.in_stride)
+        if self.min_stride > self.in_stride:
+            f = int(round(self.min_stride / self.in_stride))
+            feat = F.avg_pool2d(feat, f, f, ceil_mode=True)
+            stride = stride * f
+        cls_logits, reg = self.head(feat)
+        b, c, h, w = cls_logits.shape
+        cls_logits = cls_logits.float().permute(0, 2, 3, 1).reshape(b, h * w, c)
+        reg = reg.float().permute(0, 2, 3, 1).reshape(b, h * w, 4)
+        cls_target = torch.zeros_like(cls_logits)
+        pred_boxes, gt_boxes = [], []
+        for i, (boxes, labels) in enumerate(ctx.targets):
+            assigned, points = dense_targets(boxes, labels, (h, w), stride, self.center_radius)
+            pos = assigned >= 0
+            if not bool(pos.any()):
+                continue
+            cls_target[i, pos, labels[assigned[pos]].long()] = 1.0
+            d = torch.exp(reg[i, pos].clamp(max=8.0)) * stride
+            p = points[pos]
+            pred_boxes.append(torch.stack([p[:, 0] - d[:, 0], p[:, 1] - d[:, 1], p[:, 0] + d[:, 2],
+                                           p[:, 1] + d[:, 3]], dim=1))
+            gt_boxes.append(boxes[assigned[pos]].float())
+        num_pos = max(sum(len(p) for p in pred_boxes), 1)
+        losses = {'loss_det_cls': self.lambda_task * sigmoid_focal_loss(cls_logits, cls_target) / num_pos}
+        if pred_boxes:
+            box = giou_loss(torch.cat(pred_boxes), torch.cat(gt_boxes))
+        else:
+            box = reg.sum() * 0.0
+        losses['loss_det_box'] = self.lambda_task * self.box_weight * box
+        return losses
+
+    def loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
+        losses: Dict[str, Tensor] = {}
+        if self.head is not None:
+            losses.update(self.det_loss(feat, ctx))
+        if self.decoder is not None:
+            image = ctx.extras.get('image01_det')
+            if image is None or image.shape[-1] != math.ceil(ctx.img_hw[1] / self.recon_stride):
+                image = ctx.image01()
+                if self.recon_stride > 1:
+                    image = F.avg_pool2d(image, self.recon_stride, self.recon_stride, ceil_mode=True)
+                ctx.extras['image01_det'] = image
+            logits = self.decoder(feat, image.shape[-2:])
+            losses['loss_recon'] = self.lambda_recon * F.binary_cross_entropy_with_logits(
+                logits.float(), image.float())
+        return losses
+
+
+@OBJECTIVES.register_module(name='DetGreedy')
+class DetGreedyObjective(InfoProDetObjective):
+    """Greedy local learning for detection: the dense detection head's loss only."""
+
+    def __init__(self, in_channels: int, num_classes: int, loss_weight: float = 1.0, **kwargs) -> None:
+        kwargs.pop('lambda_recon', None)
+        kwargs.pop('lambda_task', None)
+        kwargs.pop('decoder', None)
+        super().__init__(in_channels, num_classes, lambda_recon=0.0, lambda_task=loss_weight, **kwargs)
