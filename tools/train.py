@@ -58,7 +58,7 @@ def build_cfg(args) -> Config:
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
-    if cfg.get('load_from'):
+    if cfg.get('load_from') and not (cfg.get('pipeline') and cfg.get('resume')):  # a pipeline resumes from a manifest
         check_checkpoint(cfg.load_from)
     return cfg
 
@@ -77,6 +77,12 @@ def save_interrupted(runner) -> None:
 def train(cfg: Config):
     """Build the runner from ``cfg`` and train; bad input ends in one ``error:`` line."""
     runner = None
+    if cfg.get('pipeline') is not None:  # module-parallel: one process per module (and replica)
+        from localvision.engine.pipeline import train_pipeline
+        try:
+            return train_pipeline(cfg)
+        except InputError as e:
+            raise SystemExit(f'error: {e}' if os.environ.get('RANK', '0') == '0' else 1) from None
     try:
         init_dist_without_cuda(cfg.launcher, cfg.env_cfg.dist_cfg.backend)
         if 'runner_type' in cfg:

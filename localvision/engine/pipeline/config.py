@@ -1,0 +1,113 @@
+"""The ``pipeline`` section of a config: checked before any process group or model exists.
+
+.. code-block:: python
+
+    pipeline = dict(schedule='sync',      # or 'async'
+                    micro_batches=4,      # M: each global batch (train_dataloader.batch_size) in M parts
+                    queue_size=2,         # Q: stage k may be at most Q micro-batches ahead of stage k+1
+                    replicas=1,           # R: data-parallel copies of the whole pipeline (K x R processes)
+                    step_every=1)         # async only: optimizer step every n micro-batches (n divides M)
+
+Everything that cannot work is rejected here with one :class:`~localvision.errors.InputError` line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from localvision.errors import InputError
+
+SCHEDULES = ('sync', 'async')
+KEYS = ('schedule', 'micro_batches', 'queue_size', 'replicas', 'step_every', 'heartbeat_timeout',
+        'release_foreign', 'val_at_end', 'export')
+
+
+def _int(cfg: dict, key: str, default: int, minimum: int = 1) -> int:
+    v = cfg.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise InputError(f'pipeline.{key}={v!r} is invalid: an integer >= {minimum} is required')
+    return v
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    schedule: str = 'sync'
+    micro_batches: int = 1
+    queue_size: int = 2
+    replicas: int = 1
+    step_every: int = 1
+    heartbeat_timeout: float = 15.0
+    release_foreign: bool = True
+    val_at_end: bool = True
+    export: bool = True
+
+    @property
+    def micros_per_step(self) -> int:
+        """Micro-batches per optimizer step (before the config's own ``accumulative_counts``)."""
+        return self.micro_batches if self.schedule == 'sync' else self.step_every
+
+
+def parse_pipeline_cfg(raw) -> PipelineConfig:
+    """The validated ``pipeline`` dict (see the module doc)."""
+    if not isinstance(raw, dict):
+        raise InputError(f'pipeline={raw!r} must be a dict, e.g. dict(schedule="sync", micro_batches=4)')
+    raw = dict(raw)
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise InputError(f'pipeline has unknown keys {unknown}; allowed: {list(KEYS)}')
+    schedule = raw.get('schedule', 'sync')
+    if schedule not in SCHEDULES:
+        raise InputError(f'pipeline.schedule={schedule!r} is unknown; allowed: {list(SCHEDULES)}')
+    m = _int(raw, 'micro_batches', 1)
+    q = _int(raw, 'queue_size', 2)
+    r = _int(raw, 'replicas', 1)
+    n = _int(raw, 'step_every', 1)
+    if schedule == 'sync' and 'step_every' in raw and n != 1:
+        raise InputError(f'pipeline.step_every={n} only applies to the async schedule (sync steps once per '
+                         'global batch); remove it or set schedule="async"')
+    if schedule == 'async' and m % n:
+        raise InputError(f'pipeline.step_every={n} must divide pipeline.micro_batches={m} (every global batch '
+                         'ends on an optimizer step, where checkpoints are taken)')
+    hb = raw.get('heartbeat_timeout', 15.0)
+    if not isinstance(hb, (int, float)) or isinstance(hb, bool) or hb <= 0:
+        raise InputError(f'pipeline.heartbeat_timeout={hb!r} must be a number of seconds > 0')
+    flags = {}
+    for key in ('release_foreign', 'val_at_end', 'export'):
+        v = raw.get(key, True)
+        if not isinstance(v, bool):
+            raise InputError(f'pipeline.{key}={v!r} must be True or False')
+        flags[key] = v
+    return PipelineConfig(schedule=schedule, micro_batches=m, queue_size=q, replicas=r, step_every=n,
+                          heartbeat_timeout=float(hb), **flags)
+
+
+def requested_num_stages(model_cfg: dict) -> Optional[int]:
+    """K as the config states it (``split.cuts`` or ``split.num_modules``), without building the
+    model; ``None`` when the config does not say (a wrapper model, for instance)."""
+    split = (model_cfg or {}).get('split') or {}
+    if split.get('cuts') is not None:
+        return len(split['cuts']) + 1
+    k = split.get('num_modules', 1)
+    return k if isinstance(k, int) and not isinstance(k, bool) else None
+
+
+def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
+    """Validate ``cfg.pipeline`` against the data loader and the number of processes.
+
+    Raises :class:`InputError` for schedules, queue sizes, micro-batch counts or process counts
+    that cannot work, before anything starts.
+    """
+    pc = parse_pipeline_cfg(cfg.get('pipeline'))
+    loader = cfg.get('train_dataloader') or {}
+    bs = loader.get('batch_size')
+    if not isinstance(bs, int) or bs < 1:
+        raise InputError(f'pipeline training needs train_dataloader.batch_size (an integer >= 1), got {bs!r}')
+    if bs % pc.micro_batches:
+        raise InputError(f'pipeline.micro_batches={pc.micro_batches} does not divide train_dataloader.batch_size='
+                         f'{bs} (each global batch is cut into M equal micro-batches); allowed: a divisor of {bs}')
+    k = requested_num_stages(cfg.get('model'))
+    if world_size is not None and k is not None and world_size != k * pc.replicas:
+        raise InputError(f'pipeline training of K={k} modules x pipeline.replicas={pc.replicas} needs '
+                         f'{k * pc.replicas} processes, got {world_size} '
+                         f'(launch: tools/dist_train.sh CONFIG {k * pc.replicas})')
+    return pc
