@@ -1,0 +1,122 @@
+"""Shared by tests/engine/test_pipeline*.py: tiny configs, gloo workers, the single-process reference."""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+BASE = osp.join(ROOT, 'configs/cls/cifar_resnet32_shapes_greedy_k4.py')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def write_config(path, data_root, cuts=(2, 5, 8), pipeline="dict(schedule='sync', micro_batches=4, queue_size=2)",
+                 batch_size=16, epochs=1, extra='', model_extra='', augment=True):
+    pipeline_line = f'pipeline = {pipeline}' if pipeline else ''
+    aug = '' if augment else (
+        "train_dataloader = dict(dataset=dict(pipeline=[dict(type='LoadImageFromFile'), dict(type='PackClsInputs')]))\n")
+    path.write_text(f"""_base_ = ['{BASE}']
+data_root = '{data_root}'
+{aug}train_dataloader = dict(batch_size={batch_size}, num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
+val_dataloader = dict(batch_size=16, num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+model = dict(num_classes=4, backbone=dict(model_name='cifar_resnet20'), split=dict(cuts={list(cuts)}){model_extra})
+optim_wrapper = dict(optimizer=dict(lr=0.05))
+param_scheduler = []
+train_cfg = dict(max_epochs={epochs}, val_interval=1)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
+{pipeline_line}
+{extra}
+""")
+    return str(path)
+
+
+def _worker(rank, world, port, config, work_dir, options):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from localvision.engine.pipeline import train_pipeline
+    from localvision.utils.config import load_config
+    cfg = load_config(config, options or None, work_dir, launcher='pytorch')
+    cfg.pipeline['val_at_end'] = False
+    train_pipeline(cfg)
+
+
+def spawn(config, work_dir, world, options=None):
+    """Run the pipeline on ``world`` gloo processes (torch.multiprocessing)."""
+    import torch.multiprocessing as mp
+    mp.spawn(_worker, args=(world, free_port(), config, work_dir, options), nprocs=world, join=True)
+
+
+def torchrun(config, nproc, *args, timeout=240):
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable)
+    return subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, str(nproc), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def load_state(path):
+    from localvision.utils import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    return torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+
+
+def reference_run(config, micro_batches, iters, replicas=1, options=None):
+    """The single-process PerModuleBackward run on the same data and micro-batches: gradients
+    accumulated over the micro-batches (of every replica), one optimizer step per global batch."""
+    import copy
+
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import set_random_seed
+
+    from localvision.engine.pipeline import build_model, build_train_loader, split_micro
+    from localvision.utils.config import load_config
+    from localvision.utils.setup_env import register_all_modules
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each stage: the same float order (the results are then bit-identical)
+    try:
+        return _reference(config, micro_batches, iters, replicas, options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reference(config, micro_batches, iters, replicas, options):
+    import copy
+
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import set_random_seed
+
+    from localvision.engine.pipeline import build_model, build_train_loader, split_micro
+    from localvision.utils.config import load_config
+    from localvision.utils.setup_env import register_all_modules
+    cfg = load_config(config, options or None)
+    register_all_modules(init_default_scope=False)
+    init_default_scope('localvision')
+    set_random_seed(0)
+    model = build_model(cfg)
+    model.train()
+    loaders = [build_train_loader(cfg, r, replicas, 0) for r in range(replicas)]
+    iters_ = [None] * replicas
+    ow_cfg = copy.deepcopy(cfg.optim_wrapper)
+    ow_cfg['accumulative_counts'] = micro_batches * replicas
+    ow = build_optim_wrapper(model, ow_cfg)
+    ow.initialize_count_status(model, 0, iters * micro_batches * replicas)
+    ipe = len(loaders[0])
+    for it in range(iters):
+        for r, loader in enumerate(loaders):
+            if it % ipe == 0:
+                loader.sampler.set_epoch(it // ipe)
+                iters_[r] = iter(loader)
+            data = model.data_preprocessor(next(iters_[r]), True)
+            for micro in split_micro(data, micro_batches):
+                ctx = model.make_context(micro['inputs'], micro['data_samples'])
+                model.executor(model, ctx, ow)
+    return model
