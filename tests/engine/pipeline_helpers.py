@@ -67,9 +67,10 @@ def load_state(path):
     return torch.load(path, map_location='cpu', weights_only=True)['state_dict']
 
 
-def reference_run(config, micro_batches, iters, replicas=1, options=None):
+def reference_run(config, micro_batches, iters, replicas=1, options=None, accumulate=None):
     """The single-process PerModuleBackward run on the same data and micro-batches: gradients
-    accumulated over the micro-batches (of every replica), one optimizer step per global batch."""
+    accumulated over the micro-batches (of every replica), one optimizer step per global batch
+    (or per ``accumulate`` micro-batches)."""
     import copy
 
     from mmengine.optim import build_optim_wrapper
@@ -82,12 +83,12 @@ def reference_run(config, micro_batches, iters, replicas=1, options=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each stage: the same float order (the results are then bit-identical)
     try:
-        return _reference(config, micro_batches, iters, replicas, options)
+        return _reference(config, micro_batches, iters, replicas, options, accumulate)
     finally:
         torch.set_num_threads(threads)
 
 
-def _reference(config, micro_batches, iters, replicas, options):
+def _reference(config, micro_batches, iters, replicas, options, accumulate):
     import copy
 
     from mmengine.optim import build_optim_wrapper
@@ -106,7 +107,7 @@ def _reference(config, micro_batches, iters, replicas, options):
     loaders = [build_train_loader(cfg, r, replicas, 0) for r in range(replicas)]
     iters_ = [None] * replicas
     ow_cfg = copy.deepcopy(cfg.optim_wrapper)
-    ow_cfg['accumulative_counts'] = micro_batches * replicas
+    ow_cfg['accumulative_counts'] = accumulate or micro_batches * replicas
     ow = build_optim_wrapper(model, ow_cfg)
     ow.initialize_count_status(model, 0, iters * micro_batches * replicas)
     ipe = len(loaders[0])
@@ -120,3 +121,45 @@ def _reference(config, micro_batches, iters, replicas, options):
                 ctx = model.make_context(micro['inputs'], micro['data_samples'])
                 model.executor(model, ctx, ow)
     return model
+
+
+# -- auxiliary heads for the tests (configs pull them in with custom_imports=['pipeline_helpers']) --
+def _register_test_heads():
+    import time
+
+    from localvision.models.objectives.aux_heads import PoolLinearHead
+    from localvision.registry import AUX_HEADS
+
+    @AUX_HEADS.register_module(force=True)
+    class TestSlowHead(PoolLinearHead):
+        """A module made slow on purpose (sleeps in every forward)."""
+
+        def __init__(self, in_channels, num_classes, delay=0.03):
+            super().__init__(in_channels, num_classes)
+            self.delay = delay
+
+        def forward(self, x):
+            time.sleep(self.delay)
+            return super().forward(x)
+
+    @AUX_HEADS.register_module(force=True)
+    class TestFailingHead(PoolLinearHead):
+        """Raises on its ``fail_at``-th training forward (and writes the time to ``stamp``)."""
+
+        def __init__(self, in_channels, num_classes, fail_at=3, stamp='', die=False):
+            super().__init__(in_channels, num_classes)
+            self.fail_at, self.stamp, self.die, self.calls = fail_at, stamp, die, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                if self.stamp:
+                    with open(self.stamp, 'w') as f:
+                        f.write(str(time.time()))
+                if self.die:
+                    os._exit(9)  # dies without a word
+                raise RuntimeError('the auxiliary head of module 1 broke on purpose')
+            return super().forward(x)
+
+
+_register_test_heads()

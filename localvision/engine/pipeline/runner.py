@@ -576,6 +576,9 @@ class PipelineRunner:
         it, j = self.position
         at = '' if it is None else (' at the end' if it == 'end' else f' at iteration {it + 1}, micro-batch {j}')
         msg = f'{prefix}{self.where} failed{at}: {type(e).__name__}: {e}'
+        if isinstance(e, TransportError) and e.peer is not None:  # the neighbour vanished without a word
+            msg = (f'{self._describe_rank(e.peer)} is gone (killed or crashed without a report): '
+                   f'{self.where} lost its connection to it{at}: {e}')
         if not isinstance(e, InputError):
             traceback.print_exc()
         print(msg, file=sys.stderr, flush=True)

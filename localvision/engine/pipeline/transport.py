@@ -88,7 +88,12 @@ def move_to(obj: Any, device: torch.device) -> Any:
 
 
 class TransportError(RuntimeError):
-    """A send or receive failed: usually the neighbour died (its own error is the real cause)."""
+    """A send or receive failed: usually the neighbour (global rank ``peer``) died; its own error,
+    if it could report one, is the real cause."""
+
+    def __init__(self, message: str, peer: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.peer = peer
 
 
 def _encode_header(payload: bytes, device) -> Tuple[Tensor, Optional[Tensor]]:
@@ -130,10 +135,11 @@ class Sender:
         try:
             dist.recv(self._credit_buf, src=self.dst, group=self.credit_group)
         except Exception as e:  # noqa: BLE001
-            raise TransportError(f'waiting for a credit from rank {self.dst} failed: {e}') from e
+            raise TransportError(f'waiting for a credit from rank {self.dst} failed: {e}', self.dst) from e
         got = int(self._credit_buf.item())
         if got != self.credits:
-            raise TransportError(f'credit {got} from rank {self.dst} arrived out of order (expected {self.credits})')
+            raise TransportError(f'credit {got} from rank {self.dst} arrived out of order (expected {self.credits})',
+                                 self.dst)
         self.credits += 1
         self.credit_wait_s += time.perf_counter() - t0
 
@@ -153,7 +159,7 @@ class Sender:
         try:
             works = [dist.isend(b, dst=self.dst, group=self.link) for b in bufs]
         except Exception as e:  # noqa: BLE001
-            raise TransportError(f'sending to rank {self.dst} failed: {e}') from e
+            raise TransportError(f'sending to rank {self.dst} failed: {e}', self.dst) from e
         self._pending.append((works, bufs))
         self.log.append((self.sent, time.monotonic(), self.credits))
         self.sent += 1
@@ -166,7 +172,7 @@ class Sender:
                 try:
                     w.wait()
                 except Exception as e:  # noqa: BLE001
-                    raise TransportError(f'sending to rank {self.dst} failed: {e}') from e
+                    raise TransportError(f'sending to rank {self.dst} failed: {e}', self.dst) from e
 
     def close(self) -> None:
         """Wait for every send and collect every outstanding credit (the receiver's credit sends
@@ -226,7 +232,7 @@ class Receiver:
             for _ in range(self.expected):
                 self._q.put(self._recv_one())
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            self._q.put(TransportError(f'receiving from rank {self.src} failed: {type(e).__name__}: {e}'))
+            self._q.put(TransportError(f'receiving from rank {self.src} failed: {type(e).__name__}: {e}', self.src))
 
     def get(self) -> Tuple[Dict[str, Any], Any]:
         t0 = time.perf_counter()
@@ -241,9 +247,9 @@ class Receiver:
         if isinstance(item, BaseException):
             raise item
         control, obj = item
+        self.log.append((self.taken, time.monotonic()))
         credit = torch.tensor([self.taken], dtype=torch.int64, device=self.comm_device)
         self._credit_works.append((dist.isend(credit, dst=self.src, group=self.credit_group), credit))
-        self.log.append((self.taken, time.monotonic()))
         self.taken += 1
         self._credit_works = [(w, c) for w, c in self._credit_works if not w.is_completed()]
         return control, move_to(obj, self.device)
