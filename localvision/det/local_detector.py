@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmengine.config import ConfigDict
 from mmengine.registry import DefaultScope
 from mmdet.models.detectors.base import BaseDetector
 from mmdet.models.detectors.single_stage import SingleStageDetector
@@ -357,6 +358,8 @@ class LocalSingleStageDetector(LocalDetectorMixin, SingleStageDetector):
                  local_objective: Union[dict, List[dict], None] = None, executor: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
         BaseDetector.__init__(self, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        train_cfg = ConfigDict(train_cfg) if train_cfg is not None else None
+        test_cfg = ConfigDict(test_cfg) if test_cfg is not None else None
         self._init_local_backbone(backbone, split, out_indices, out_blocks, executor)
         neck = self._fill_neck(neck)
         if neck is not None:
@@ -396,6 +399,8 @@ class LocalTwoStageDetector(LocalDetectorMixin, TwoStageDetector):
                  executor: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         BaseDetector.__init__(self, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        train_cfg = ConfigDict(train_cfg) if train_cfg is not None else None
+        test_cfg = ConfigDict(test_cfg) if test_cfg is not None else None
         self._init_local_backbone(backbone, split, out_indices, out_blocks, executor)
         neck = self._fill_neck(neck)
         if neck is not None:

@@ -1,0 +1,254 @@
+"""Local detectors built from the configs (tiny overrides) on real mmdet objects."""
+import copy
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config, ConfigDict
+from mmengine.optim import OptimWrapper
+from mmengine.registry import init_default_scope
+from mmengine.structures import InstanceData
+
+import localvision.det  # noqa: F401  (registers in mmdet's registries)
+from localvision.errors import InputError
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+SIZE = 64
+CONFIGS = {
+    'retinanet': 'configs/det/retinanet_r50_infopro_k4.py',
+    'fcos': 'configs/det/fcos_r50_infopro_k4.py',
+    'faster_rcnn': 'configs/det/faster_rcnn_r50_infopro_k4.py',
+    'vit': 'configs/det/retinanet_vit_small_infopro_k4.py',
+}
+TASK_KEYS = {
+    'retinanet': {'loss_cls', 'loss_bbox'},
+    'fcos': {'loss_cls', 'loss_bbox', 'loss_centerness'},
+    'faster_rcnn': {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'},
+    'vit': {'loss_cls', 'loss_bbox'},
+}
+
+
+def tiny_model_cfg(kind='retinanet', num_modules=2, cuts=None, num_classes=3, **kw):
+    """The config's model with a resnet18 (or tiny ViT), 64x64 input and thin heads."""
+    cfg = Config.fromfile(osp.join(ROOT, CONFIGS[kind]))
+    m = cfg.model
+    m.split = dict(num_modules=num_modules, cuts=cuts, strategy='equal', input_size=(3, SIZE, SIZE))
+    if kind == 'vit':
+        m.backbone.update(model_name='vit_tiny_patch16_224', img_size=SIZE, depth=4)
+        m.neck.update(out_channels=16, norm_cfg=dict(type='GN', num_groups=4))
+        m.out_blocks = (4,)
+    else:
+        m.backbone.model_name = 'resnet18'
+        m.neck.out_channels = 16
+    if num_modules > 1:
+        m.local_objective.head = dict(type='DenseDetAuxHead', channels=8)
+    else:
+        m.local_objective = None
+    if kind == 'faster_rcnn':
+        m.rpn_head.feat_channels = 16
+        m.rpn_head.in_channels = 16
+        m.roi_head.bbox_roi_extractor.out_channels = 16
+        m.roi_head.bbox_head.update(in_channels=16, fc_out_channels=32, num_classes=num_classes)
+        m.train_cfg.rpn_proposal.update(nms_pre=200, max_per_img=100)
+        m.train_cfg.rcnn.sampler.num = 64
+        m.test_cfg.rpn.update(nms_pre=200, max_per_img=50)
+    else:
+        m.bbox_head.update(num_classes=num_classes, in_channels=16, feat_channels=16, stacked_convs=1)
+        if kind == 'fcos':
+            m.bbox_head.norm_cfg = dict(type='GN', num_groups=4, requires_grad=True)
+    m.update(kw)
+    return m.to_dict()
+
+
+def build(cfg):
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = MODELS.build(ConfigDict(copy.deepcopy(cfg)))
+    model.init_weights()
+    return model
+
+
+def batch(n=2, seed=0, num_classes=3, size=SIZE):
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)]
+    samples = []
+    for i in range(n):
+        gi = InstanceData()
+        gi.bboxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0], [10.0, 40.0, 26.0, 60.0]])
+        gi.labels = torch.tensor([0, 1, 2]) % num_classes
+        ds = DetDataSample()
+        ds.gt_instances = gi
+        ds.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
+                             scale_factor=(1.0, 1.0), img_id=i))
+        samples.append(ds)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+class KeepGrads(OptimWrapper):
+    """Steps with lr 0 and keeps the gradients for inspection."""
+
+    def zero_grad(self, **kwargs) -> None:
+        pass
+
+
+def grads_after_step(model, data):
+    model.train()
+    ow = KeepGrads(torch.optim.SGD(model.parameters(), lr=0.0))
+    model.zero_grad(set_to_none=True)
+    log = model.train_step(copy.deepcopy(data), ow)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, log
+
+
+@pytest.mark.parametrize('kind', ['retinanet', 'fcos', 'faster_rcnn', 'vit'])
+def test_losses_prefixed_and_modes(kind):
+    model = build(tiny_model_cfg(kind, num_modules=2))
+    assert type(model).__name__ == ('LocalTwoStageDetector' if kind == 'faster_rcnn' else 'LocalSingleStageDetector')
+    assert model.num_units == 2
+    data = model.data_preprocessor(batch(), True)
+    losses = model(**data, mode='loss')
+    assert {'m0.loss_det_cls', 'm0.loss_det_box', 'm0.loss_recon'} <= set(losses)
+    assert TASK_KEYS[kind] <= set(losses), sorted(losses)
+    assert not any(k.startswith('m1.') for k in losses)  # the last module is trained by the head
+    model.eval()
+    with torch.no_grad():
+        out = model(data['inputs'], data['data_samples'], mode='predict')
+    assert len(out) == 2 and out[0].pred_instances.bboxes.shape[-1] == 4
+    if kind != 'faster_rcnn':
+        with torch.no_grad():
+            feats = model(data['inputs'], mode='tensor')
+        assert len(feats) in (2, 3) and len(feats[0]) == 5  # per-level outputs of P3..P7
+
+
+def test_earlier_module_trained_only_by_its_local_loss():
+    """Module 0's gradients come from its local loss alone: with the local loss zeroed they are
+    zero while the head still trains; changing the head leaves them unchanged; JointBackward
+    (one backward of the summed losses) gives the same gradients."""
+    cfg = tiny_model_cfg('retinanet', num_modules=2, cuts=[(2, 1)])  # layer2 (an FPN level) in module 0
+    model = build(cfg)
+    assert model.level_units() == [0, 0, 1, 1] and model._used_levels == [1, 2, 3]
+    data = batch()
+    unit_of = {id(p): k for k in range(model.num_units) for p in model.unit_parameters(k)}
+    named = dict(model.named_parameters())
+    g1, _ = grads_after_step(model, data)
+    m0 = [n for n in g1 if n.startswith('backbone.') and unit_of[id(named[n])] == 0]
+    # (timm zero-initialises each block's last BN gamma, so the convs inside a block start with zero
+    # grads; the stem and the BNs' affine parameters get gradients through the residual paths)
+    assert m0 and g1['backbone.model.conv1.weight'].abs().sum() > 0
+    assert g1['backbone.model.layer2.1.bn2.weight'].abs().sum() > 0
+
+    with torch.no_grad():  # a different head: the last unit's loss changes, module 0's must not
+        for p in model.bbox_head.parameters():
+            p.mul_(2.0).add_(0.05)
+        for p in model.neck.parameters():
+            p.mul_(1.5)
+    g2, _ = grads_after_step(model, data)
+    for n in g1:
+        if unit_of[id(named[n])] == 0:
+            torch.testing.assert_close(g1[n], g2[n], rtol=0, atol=0)
+    assert any(not torch.equal(g1[n], g2[n]) for n in g1 if n.startswith('bbox_head.'))
+
+    # the local loss zeroed: module 0 gets no gradient at all, the head still does
+    zeroed = build(cfg)
+    obj = zeroed.objectives[0]
+    orig = obj.loss
+    obj.loss = lambda feat, ctx: {k: v * 0.0 for k, v in orig(feat, ctx).items()}
+    g0, _ = grads_after_step(zeroed, data)
+    assert m0
+    for n in m0:
+        assert n not in g0 or g0[n].abs().sum() == 0, n
+    assert any(g0[n].abs().sum() > 0 for n in g0 if n.startswith('bbox_head.'))
+    assert any(g0[n].abs().sum() > 0 for n in g0 if n.startswith('neck.'))
+
+    joint = build(dict(cfg, executor=dict(type='JointBackward')))
+    g3, _ = grads_after_step(joint, data)
+    assert set(g3) == set(g1)
+    for n in g1:
+        torch.testing.assert_close(g3[n], g1[n], rtol=1e-4, atol=1e-6)
+
+
+def test_only_read_levels_are_stored_detached():
+    model = build(tiny_model_cfg('retinanet', num_modules=4, cuts=[(1, 1), (2, 1), (3, 1)]))
+    model.train()
+    ctx = model.make_context(model.data_preprocessor(batch(), True)['inputs'], batch()['data_samples'])
+    h = ctx.inputs
+    out, _ = model.forward_unit(0, h, ctx)
+    assert ctx.extras['det.levels'] == {}  # layer1 (level 0) is not read by FPN (start_level=1)
+    out, _ = model.forward_unit(1, out.detach(), ctx)
+    stored = ctx.extras['det.levels']
+    assert set(stored) == {1} and not stored[1].requires_grad and stored[1].grad_fn is None
+
+
+def test_k1_equals_stock_mmdet_retinanet():
+    """K=1 is plain RetinaNet: with the exported weights mmdet's own ResNet-18 RetinaNet gives the
+    same gradients and the same detections."""
+    from localvision.det.export import export_state_dict, stock_model_cfg
+    local_cfg = tiny_model_cfg('retinanet', num_modules=1)
+    local = build(local_cfg)
+    plain = build(stock_model_cfg(local_cfg, local))
+    assert type(plain).__name__ == 'SingleStageDetector'
+    plain.load_state_dict(export_state_dict(local), strict=True)
+    data = batch()
+    g_local, _ = grads_after_step(local, data)
+    plain.train()
+    plain.zero_grad(set_to_none=True)
+    d = plain.data_preprocessor(copy.deepcopy(data), True)
+    loss, _ = plain.parse_losses(plain(**d, mode='loss'))
+    loss.backward()
+    n = 0
+    for name, p in plain.named_parameters():
+        lname = name.replace('backbone.', 'backbone.model.', 1) if name.startswith('backbone.') else name
+        torch.testing.assert_close(g_local[lname], p.grad, rtol=1e-4, atol=1e-6)
+        n += 1
+    assert n > 40
+    local.eval(), plain.eval()
+    with torch.no_grad():
+        d = local.data_preprocessor(copy.deepcopy(data), False)
+        a = local(**d, mode='predict')
+        b = plain(**d, mode='predict')
+    torch.testing.assert_close(a[0].pred_instances.bboxes, b[0].pred_instances.bboxes)
+    torch.testing.assert_close(a[0].pred_instances.scores, b[0].pred_instances.scores)
+
+
+def test_neck_reading_only_earlier_modules_is_one_clear_error():
+    cfg = tiny_model_cfg('retinanet', num_modules=2, cuts=[(4, 0)])
+    cfg['neck']['start_level'] = 0
+    cfg['neck']['end_level'] = 2  # layer1..layer3 only (inclusive end): all in module 0
+    cfg['neck'].update(add_extra_convs=False, num_outs=3)
+    with pytest.raises(InputError, match='nothing would train the last module'):
+        build(cfg)
+
+
+def test_frozen_stages_and_norm_eval():
+    cfg = tiny_model_cfg('retinanet', num_modules=2)
+    cfg['backbone'].update(frozen_stages=1, norm_eval=True)
+    model = build(cfg)
+    model.train()
+    assert not model.backbone.model.conv1.weight.requires_grad
+    assert not model.backbone.model.layer1[0].conv1.weight.requires_grad
+    assert model.backbone.model.layer2[0].conv1.weight.requires_grad
+    assert not model.backbone.model.layer3[0].bn1.training  # norm_eval
+    assert model.bbox_head.training
+    # from-scratch defaults in the configs: nothing frozen, BN trains
+    model = build(tiny_model_cfg('retinanet', num_modules=2))
+    model.train()
+    assert model.frozen_stages == -1 and not model.norm_eval
+    assert model.backbone.model.bn1.training and model.backbone.model.conv1.weight.requires_grad
+
+
+def test_greedy_objective_has_no_decoder():
+    cfg = tiny_model_cfg('retinanet', num_modules=2)
+    cfg['local_objective'] = dict(type='DetGreedy', head=dict(type='DenseDetAuxHead', channels=8))
+    model = build(cfg)
+    assert model.objectives[0].decoder is None
+    data = model.data_preprocessor(batch(), True)
+    losses = model(**data, mode='loss')
+    assert 'm0.loss_det_cls' in losses and 'm0.loss_recon' not in losses
+
+
+def test_unknown_objective_is_one_clear_error():
+    cfg = tiny_model_cfg('retinanet', num_modules=2)
+    cfg['local_objective'] = dict(type='InfoProDett')
+    with pytest.raises(InputError, match="local_objective.type='InfoProDett'.*InfoProDet"):
+        build(cfg)
