@@ -1,0 +1,61 @@
+"""Pipeline settings that cannot work are rejected before anything starts, with one clear line."""
+import re
+import sys
+
+import pytest
+from mmengine.config import Config
+
+from localvision.engine.pipeline import check_pipeline_cfg, parse_pipeline_cfg
+from localvision.errors import InputError
+from pipeline_helpers import ROOT, torchrun, write_config
+
+sys.path.insert(0, f'{ROOT}/tools')
+import train as train_tool  # noqa: E402  (tools/train.py)
+
+
+def cfg_with(pipeline, batch_size=16, cuts=(2, 5, 8)):
+    return Config(dict(pipeline=pipeline, train_dataloader=dict(batch_size=batch_size),
+                       model=dict(split=dict(cuts=list(cuts)))))
+
+
+@pytest.mark.parametrize('pipeline,match', [
+    (dict(micro_batches=3), r'micro_batches=3 does not divide train_dataloader.batch_size=16'),
+    (dict(micro_batches=32), r'micro_batches=32 does not divide'),
+    (dict(micro_batches=0), r'micro_batches=0 is invalid'),
+    (dict(queue_size=0), r'queue_size=0 is invalid'),
+    (dict(queue_size=1.5), r'queue_size=1.5 is invalid'),
+    (dict(schedule='gpipe'), r"schedule='gpipe' is unknown; allowed: \['sync', 'async'\]"),
+    (dict(schedule='async', micro_batches=4, step_every=3), r'step_every=3 must divide pipeline.micro_batches=4'),
+    (dict(schedule='sync', step_every=2), r'step_every=2 only applies to the async schedule'),
+    (dict(replicas=0), r'replicas=0 is invalid'),
+    (dict(micro_batch=4), r"unknown keys \['micro_batch'\]"),
+])
+def test_bad_settings_are_rejected(pipeline, match):
+    with pytest.raises(InputError, match=match):
+        check_pipeline_cfg(cfg_with(pipeline))
+
+
+def test_process_count_must_be_k_times_replicas():
+    with pytest.raises(InputError, match=r'K=4 modules x pipeline.replicas=2 needs 8 processes, got 4'):
+        check_pipeline_cfg(cfg_with(dict(replicas=2)), world_size=4)
+    assert check_pipeline_cfg(cfg_with(dict(replicas=2, micro_batches=4)), world_size=8).micro_batches == 4
+    assert parse_pipeline_cfg(dict()).schedule == 'sync'
+
+
+def test_single_process_launch_is_refused_with_the_command_to_use(tiny_cls_root, tmp_path, monkeypatch):
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root)
+    with pytest.raises(SystemExit, match=r'^error: pipeline training runs one process per module .* '
+                                         r'tools/dist_train.sh CONFIG 4'):
+        train_tool.main([cfg, '--work-dir', str(tmp_path / 'work')])
+
+
+def test_wrong_number_of_processes_fails_before_start_with_one_line(tiny_cls_root, tmp_path):
+    cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root)  # K=4
+    r = torchrun(cfg, 2, '--work-dir', str(tmp_path / 'work'), timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith('error:')]
+    assert errors == ['error: pipeline training of K=4 modules x pipeline.replicas=1 needs 4 processes, got 2 '
+                      '(launch: tools/dist_train.sh CONFIG 4)'], out[-2000:]
+    assert 'localvision/engine' not in out  # no traceback of ours (torchrun prints its own summary)
