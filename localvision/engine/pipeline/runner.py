@@ -364,7 +364,8 @@ class PipelineRunner:
     # -- resume / checkpoint -------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
         st = self.resume_state
-        missing = [k for k, o in self.key_owner.items() if o == self.stage and k not in st['state_dict']]
+        keys = set(self.all_keys)
+        missing = [k for k, o in self.key_owner.items() if o == self.stage and k in keys and k not in st['state_dict']]
         if missing:
             raise InputError(f'the checkpoint of stage {self.stage} misses {missing[:3]}')
         self.model.load_state_dict(st['state_dict'], strict=False)

@@ -1,0 +1,67 @@
+"""Checkpoint / resume of the whole pipeline (sync schedule) and export to one checkpoint file.
+
+A run saves one file per module plus a manifest every 2 iterations; runs resumed from a
+mid-epoch checkpoint and from an epoch-boundary one (random crops and flips: the data order and
+the augmentation RNG must be restored too) end with exactly the parameters of the uninterrupted
+run. The export is the ordinary single-file checkpoint that tools/test.py evaluates.
+"""
+import json
+import os
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+from pipeline_helpers import ROOT, load_state, spawn, write_config
+
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import test as test_tool  # noqa: E402  (tools/test.py)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tiny_cls_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('pipe_ckpt')
+    cfg = write_config(tmp / 'cfg.py', tiny_cls_root, cuts=(5,), epochs=2,
+                       extra="default_hooks = dict(logger=dict(interval=1), "
+                             "checkpoint=dict(by_epoch=False, interval=2, max_keep_ckpts=-1))")
+    work = str(tmp / 'a')
+    spawn(cfg, work, 2)
+    return cfg, work
+
+
+def test_checkpoint_layout_and_export(uninterrupted, tmp_path):
+    cfg, work = uninterrupted
+    root = osp.join(work, 'pipeline_ckpt')
+    assert sorted(os.listdir(root)) == ['iter_2', 'iter_4', 'iter_6', 'iter_8', 'last']
+    assert sorted(os.listdir(osp.join(root, 'iter_4'))) == ['manifest.json', 'stage0.pth', 'stage1.pth']
+    assert not [f for d, _, fs in os.walk(work) for f in fs if f.endswith('.tmp')]
+    manifest = json.load(open(osp.join(root, 'iter_4', 'manifest.json')))
+    assert (manifest['iteration'], manifest['epoch'], manifest['num_stages'], manifest['cuts']) == (4, 1, 2, [5])
+    assert open(osp.join(root, 'last')).read().endswith('iter_8/manifest.json')
+    stage_keys = [set(torch.load(osp.join(root, 'iter_4', f'stage{k}.pth'), weights_only=False)['state_dict'])
+                  for k in range(2)]
+    assert not stage_keys[0] & stage_keys[1] and stage_keys[0] | stage_keys[1] == set(manifest['keys'])
+    assert any(k.startswith('objectives.0.') for k in stage_keys[0])
+    assert any(k.startswith('backbone.model.fc.') for k in stage_keys[1])
+    # the command-line export of an intermediate checkpoint; tools/test.py evaluates the final export
+    out = str(tmp_path / 'iter4.pth')
+    from localvision.engine.pipeline.checkpoint import main as export_main
+    export_main([osp.join(root, 'iter_4'), out])
+    assert set(load_state(out)) == set(manifest['keys'])
+    metrics = test_tool.main([cfg, osp.join(work, 'epoch_2.pth'), '--work-dir', str(tmp_path / 't')])
+    assert 0 <= metrics['accuracy/top1'] <= 100
+
+
+@pytest.mark.parametrize('resume_at', [2, 4], ids=['mid-epoch', 'epoch-boundary'])
+def test_resume_equals_uninterrupted(uninterrupted, tmp_path, resume_at):
+    cfg, work = uninterrupted
+    manifest = osp.join(work, 'pipeline_ckpt', f'iter_{resume_at}', 'manifest.json')
+    resumed = str(tmp_path / 'b')
+    spawn(cfg, resumed, 2, options={'resume': True, 'load_from': manifest})
+    log = [json.loads(line) for line in open(osp.join(resumed, 'pipeline_logs', 'stage1_replica0.jsonl'))]
+    assert [r['iter'] for r in log] == list(range(resume_at + 1, 9))  # continued, not restarted
+    a, b = load_state(osp.join(work, 'epoch_2.pth')), load_state(osp.join(resumed, 'epoch_2.pth'))
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f'{k}: {m}')
