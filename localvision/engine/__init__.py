@@ -1,5 +1,6 @@
 """Execution of split models (per-module backward), data parallelism, training-loop components."""
 from .distributed import LocalDistributedDataParallel, UnitGradSync
 from .executors import JointBackward, PerModuleBackward, uncounted
+from .hooks import PeakMemoryHook
 
-__all__ = ['PerModuleBackward', 'JointBackward', 'uncounted', 'LocalDistributedDataParallel', 'UnitGradSync']
+__all__ = ['PerModuleBackward', 'JointBackward', 'uncounted', 'LocalDistributedDataParallel', 'UnitGradSync', 'PeakMemoryHook']

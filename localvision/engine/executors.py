@@ -18,6 +18,7 @@ from typing import Dict, Iterator
 import torch
 from mmengine.optim import OptimWrapper
 
+from localvision.errors import InputError
 from localvision.registry import EXECUTORS
 
 Tensor = torch.Tensor
@@ -64,10 +65,31 @@ class PerModuleBackward:
 
     Under data parallelism (``grad_sync``, see :mod:`localvision.engine.distributed`) unit k's
     gradient all-reduce starts right after its backward and runs while unit k+1 computes.
+
+    Args:
+        step_each_module: step the optimizer on unit k's parameters right after unit k's
+            backward and free their gradients (``zero_grad(set_to_none=True)``), so only one
+            unit's gradients are alive at a time (less peak memory). Unit k+1's input was
+            computed before the step, so with a per-parameter optimizer (SGD, Adam(W), ...) the
+            result equals one step at the end; gradient clipping (``clip_grad``) then applies to
+            each unit's gradients separately. Needs a plain ``OptimWrapper`` without gradient
+            accumulation; under data parallelism each unit's all-reduce is awaited before its
+            step (no overlap with the next unit).
     """
+
+    def __init__(self, step_each_module: bool = False) -> None:
+        self.step_each_module = step_each_module
+
+    def _check_step_each_module(self, optim_wrapper: OptimWrapper) -> None:
+        if type(optim_wrapper) is not OptimWrapper or optim_wrapper._accumulative_counts != 1:
+            raise InputError('model.executor.step_each_module=True needs a plain OptimWrapper without gradient '
+                             f'accumulation; got {type(optim_wrapper).__name__} with accumulative_counts='
+                             f'{optim_wrapper._accumulative_counts} (set step_each_module=False)')
 
     def __call__(self, model, ctx, optim_wrapper: OptimWrapper, grad_sync=None) -> Dict[str, Tensor]:
         _check_wrapper(optim_wrapper)
+        if self.step_each_module:
+            self._check_step_each_module(optim_wrapper)
         sync = grad_sync if grad_sync is not None and optim_wrapper.should_sync() else None
         log_vars: Dict[str, Tensor] = OrderedDict(loss=torch.zeros(()))
         h = ctx.inputs
@@ -85,10 +107,13 @@ class PerModuleBackward:
                 optim_wrapper.backward(optim_wrapper.scale_loss(loss))
             if sync is not None:
                 sync.launch(k)
+            if self.step_each_module:  # only unit k's parameters have gradients now
+                _finish_step(optim_wrapper, sync)
             del out, losses
             total = total + loss.detach()
             _merge(log_vars, unit_vars)
-        _finish_step(optim_wrapper, sync)
+        if not self.step_each_module:
+            _finish_step(optim_wrapper, sync)
         log_vars['loss'] = total
         return log_vars
 

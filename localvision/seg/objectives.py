@@ -57,8 +57,10 @@ class SegReconDecoder(nn.Module):
     """InfoPro's segmentation decoder: conv1x1 (C -> 128) - BN - ReLU, then three times
     (x2 bilinear upsample, conv3x3 - BN - ReLU) through 32 and 12 channels to the image channels.
 
-    Returns logits of the image in [0, 1] at ``size`` (resized bilinearly when three x2 steps do
-    not land exactly on the image size, e.g. at output stride 16 or 4).
+    Returns logits of the image in [0, 1] at ``size``. A x2 step is taken only while the map is
+    smaller than ``size`` (a module at output stride 4 or 1 is not upsampled past the image, which
+    would cost memory for nothing); the result is resized bilinearly to ``size`` when the steps do
+    not land on it exactly (e.g. output stride 16).
     """
 
     def __init__(self, in_channels: int, out_channels: int = 3, widths: Sequence[int] = (128, 32, 12),
@@ -80,9 +82,11 @@ class SegReconDecoder(nn.Module):
 
     def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
         x = self.reduce(x)
-        for up in self.ups:
-            x = up(F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False))
         size = tuple(int(s) for s in size)
+        for up in self.ups:
+            if x.shape[-2] < size[0] or x.shape[-1] < size[1]:
+                x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
+            x = up(x)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
         return x

@@ -19,7 +19,7 @@ def make_model(k=1, executor='PerModuleBackward', objective=None, cuts=None):
     return LocalImageClassifier(
         backbone=dict(model_name='cifar_resnet20'), num_classes=4, split=split,
         local_objective=objective or dict(type='Greedy', head=dict(type='PoolLinearHead')),
-        executor=dict(type=executor),
+        executor=dict(type=executor) if isinstance(executor, str) else executor,
         data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3))
 
 
@@ -115,6 +115,43 @@ def test_gradient_clipping_applies_to_all_modules():
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
     assert total <= 1e-3 * 1.001
     assert len(grads) == len([p for p in model.parameters()])
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'adamw'])
+def test_step_each_module_equals_one_step_at_the_end(optimizer):
+    def make_opt(model):
+        if optimizer == 'sgd':
+            return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
+
+    models, live_grads = [], {}
+    for each in (False, True):
+        model = make_model(k=4, executor=dict(type='PerModuleBackward', step_each_module=each))
+        forward_unit = model.forward_unit
+
+        def spy(k, h, ctx, model=model, forward_unit=forward_unit, each=each):
+            # parameters holding a gradient when unit k starts
+            live_grads[(each, k)] = sum(p.grad is not None for p in model.parameters())
+            return forward_unit(k, h, ctx)
+        model.forward_unit = spy
+        ow = OptimWrapper(make_opt(model))
+        for seed in range(3):
+            model.train_step(copy.deepcopy(make_batch(seed=seed)), ow)
+        assert all(p.grad is None for p in model.parameters())
+        models.append(model)
+    for (n, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    # without: units 0..2's gradients are alive when unit 3 runs; with: none
+    assert live_grads[(False, 3)] == sum(len(models[0].unit_parameters(k)) for k in range(3))
+    assert all(live_grads[(True, k)] == 0 for k in range(4))
+
+
+def test_step_each_module_rejects_accumulation():
+    model = make_model(k=2, executor=dict(type='PerModuleBackward', step_each_module=True))
+    ow = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1), accumulative_counts=2)
+    with pytest.raises(ValueError, match='step_each_module=True needs a plain OptimWrapper without gradient '
+                                         'accumulation'):
+        model.train_step(make_batch(), ow)
 
 
 def test_unknown_executor_and_objective_fail_at_build_time():

@@ -21,7 +21,6 @@ def test_seg_benchmark_with_loader_batch(tmp_path):
     assert data['meta']['data'] == 'loader' and data['meta']['input_size'] == [3, 64, 64]
     by = {r['name']: r for r in data['results']}
     assert set(by) == {'E2E', 'K=4'}
-    # at 64x64, batch 2 the weights, gradients and AdamW state dominate the peak (the optimizer
-    # step), so only the measurement itself is checked here; the saving shows at real sizes
-    assert all(r['peak_bytes'] > 50 * 2**20 for r in by.values())
+    # the thin demo backbone: activations dominate even at 64x64, batch 2
+    assert by['K=4']['peak_bytes'] < 0.9 * by['E2E']['peak_bytes']
     assert by['K=4']['k'] == 4 and by['E2E']['k'] == 1

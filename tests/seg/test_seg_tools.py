@@ -33,7 +33,7 @@ def options(data_root, iters=2):
             'train_dataloader.batch_size=4', 'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
             'val_dataloader.batch_size=4', 'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
             'test_dataloader.batch_size=4', 'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
-            'model.split.cuts=[[2,0],[3,0],[4,0]]', 'model.decode_head.channels=16', 'model.auxiliary_head.channels=8',
+            'model.split.cuts=[[1,2],[2,0],[3,0]]', 'model.decode_head.channels=16', 'model.auxiliary_head.channels=8',
             'model.local_objective.head.channels=16', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
             f'default_hooks.checkpoint.interval={iters}', 'default_hooks.logger.interval=1']
 
@@ -50,16 +50,30 @@ def test_generator_is_reproducible_and_in_mmseg_layout(tmp_path):
     assert json.loads((a / 'meta.json').read_text())['seed'] == 5
 
 
+# the demo's CIFAR ResNet is added to timm by localvision, so stock mmseg cannot build it: export
+# is tested with a stock timm ResNet-18-D (output stride 8) in its place
+STOCK_BACKBONE = {'model.backbone.model_name': 'resnet18d', 'model.backbone.output_stride': 8,
+                  'model.out_indices': [1, 2, 3, 4], 'model.split.cuts': [[2, 0], [3, 0], [4, 0]]}
+
+
+def test_demo_backbone_export_is_refused_with_one_error_line(seg_root, tmp_path):
+    work = str(tmp_path / 'work')
+    train_tool.main([CONFIG, '--work-dir', work] + options(seg_root))
+    with pytest.raises(SystemExit, match=r'^error: backbone cifar_resnet32 is registered in timm by localvision'):
+        export_checkpoint.main([CONFIG, osp.join(work, 'iter_2.pth'), str(tmp_path / 'x.pth')] + options(seg_root))
+
+
 def test_train_then_test_then_export_predicts_the_same_in_stock_mmseg(seg_root, tmp_path):
     work = str(tmp_path / 'work')
-    runner = train_tool.main([CONFIG, '--work-dir', work] + options(seg_root))
+    stock_opts = [f'{k}={v}'.replace(' ', '') for k, v in STOCK_BACKBONE.items()]
+    runner = train_tool.main([CONFIG, '--work-dir', work] + options(seg_root) + stock_opts)
     assert runner.model.num_units == 4
     ckpt = osp.join(work, 'iter_2.pth')
-    metrics = test_tool.main([CONFIG, ckpt, '--work-dir', work] + options(seg_root))
+    metrics = test_tool.main([CONFIG, ckpt, '--work-dir', work] + options(seg_root) + stock_opts)
     assert 0.0 <= metrics['mIoU'] <= 100.0 and 'aAcc' in metrics
 
     out = str(tmp_path / 'stock.pth')
-    _, stock_cfg = export_checkpoint.main([CONFIG, ckpt, out] + options(seg_root))
+    _, stock_cfg = export_checkpoint.main([CONFIG, ckpt, out] + options(seg_root) + stock_opts)
     img = osp.join(seg_root, 'img_dir/val/00000.png')
     script = textwrap.dedent(f'''
         import sys, numpy as np
@@ -78,8 +92,8 @@ def test_train_then_test_then_export_predicts_the_same_in_stock_mmseg(seg_root, 
     import localvision.seg  # noqa: F401
     from mmengine.config import Config
     cfg = Config.fromfile(CONFIG)
-    cfg.merge_from_dict({'model.split.cuts': [[2, 0], [3, 0], [4, 0]], 'model.decode_head.channels': 16,
-                         'model.auxiliary_head.channels': 8, 'model.local_objective.head.channels': 16})
+    cfg.merge_from_dict(dict(STOCK_BACKBONE, **{'model.decode_head.channels': 16, 'model.auxiliary_head.channels': 8,
+                                                'model.local_objective.head.channels': 16}))
     local = init_model(cfg, ckpt, device='cpu')
     ours = inference_model(local, img).seg_logits.data.numpy()
     np.testing.assert_allclose(np.load(tmp_path / 'stock.npy'), ours, rtol=1e-4, atol=1e-5)

@@ -4,7 +4,8 @@
         [--input-size 3 32 32] [--data synthetic|loader] [--iters 5] [--joint] [--out-dir DIR]
         [--cfg-options k=v ...]
 
-Classification and segmentation (mmseg ``LocalEncoderDecoder``) configs. The batch is synthetic
+Classification, segmentation (mmseg ``LocalEncoderDecoder``) and detection (mmdet
+``LocalSingleStageDetector`` / ``LocalTwoStageDetector``) configs. The batch is synthetic
 (random uint8 images and labels of ``--input-size``) or, with ``--data loader``, the first batch
 of the config's train dataloader (real images and labels, after its pipeline).
 
@@ -52,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument('--joint', action='store_true',
                    help='also run the largest K with JointBackward (sum of losses, one backward)')
     p.add_argument('--variant', action='append', default=[], metavar='NAME:KEY=VAL[,KEY=VAL]',
-                   help='an extra variant given as config overrides, e.g. "infopro:model.local_objective.type=InfoPro"')
+                   help='an extra variant: config overrides of CONFIG, e.g. "dgl:model.local_objective.type=DGL", '
+                        'or another config file, e.g. "infopro:configs/cls/cifar_resnet110_infopro_softmax_k4.py"')
     p.add_argument('--batch-size', type=int, default=None, help='default: the train dataloader\'s')
     p.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
                    help='synthetic input size (default: model.split.input_size)')
@@ -93,6 +95,38 @@ def synthetic_seg_batch(batch_size: int, input_size, num_classes: int, seed: int
     return dict(inputs=inputs, data_samples=samples)
 
 
+def synthetic_det_batch(batch_size: int, input_size, num_classes: int, seed: int = 0) -> dict:
+    """A detection batch as mmdet's pipeline makes it (uint8 images, DetDataSamples with 3-8
+    random boxes each)."""
+    from mmengine.structures import InstanceData
+    from mmdet.structures import DetDataSample
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = input_size
+    inputs = [torch.randint(0, 256, (c, h, w), generator=g, dtype=torch.uint8) for _ in range(batch_size)]
+    samples = []
+    for _ in range(batch_size):
+        n = int(torch.randint(3, 9, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+        wh = (0.05 + torch.rand(n, 2, generator=g) * 0.3) * torch.tensor([w, h])
+        gi = InstanceData()
+        gi.bboxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([w - 1.0, h - 1.0]))], dim=1)
+        gi.labels = torch.randint(0, num_classes, (n,), generator=g)
+        ds = DetDataSample()
+        ds.gt_instances = gi
+        ds.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0)))
+        samples.append(ds)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def det_num_classes(cfg: Config):
+    """Number of classes of an mmdet detector config, or None when it is not one."""
+    if 'bbox_head' in cfg.model:
+        return cfg.model.bbox_head.num_classes
+    if 'roi_head' in cfg.model:
+        return cfg.model.roi_head.bbox_head.num_classes
+    return None
+
+
 def is_seg_config(cfg: Config) -> bool:
     return 'decode_head' in cfg.model
 
@@ -123,6 +157,16 @@ def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
         out[f'K={k} joint-backward'] = c
     for spec in args.variant:
         name, _, overrides = spec.partition(':')
+        if overrides.endswith('.py'):  # a sibling config (another objective / context)
+            if not osp.isfile(overrides):
+                raise SystemExit(f'error: --variant {spec}: config file {overrides} does not exist')
+            c = Config.fromfile(overrides)
+            if args.cfg_options:
+                c.merge_from_dict(args.cfg_options)
+            if cfg.model.get('split') is not None and c.model.get('split') is not None:
+                c.model.split['input_size'] = cfg.model.split.get('input_size')
+            out[name] = c
+            continue
         c = copy.deepcopy(cfg)
         opts = {}
         for kv in overrides.split(','):
@@ -159,7 +203,9 @@ def run(argv=None) -> List[dict]:
     if cfg.model.get('split') is not None:
         cfg.model.split['input_size'] = tuple(input_size)
     if args.data == 'synthetic':
-        if is_seg_config(cfg):
+        if det_num_classes(cfg) is not None:
+            batch = synthetic_det_batch(batch_size, input_size, det_num_classes(cfg))
+        elif is_seg_config(cfg):
             batch = synthetic_seg_batch(batch_size, input_size, cfg.model.decode_head.num_classes)
         else:
             batch = synthetic_cls_batch(batch_size, input_size, cfg.model.num_classes)

@@ -25,3 +25,20 @@ def test_benchmark_writes_table_json_png_and_local_training_uses_less_memory(tmp
     # summing the local losses and calling one backward keeps every graph alive
     assert by['K=4 joint-backward']['peak_bytes'] > 1.3 * by['K=4']['peak_bytes']
     assert results[0]['memory_ratio'] == 1.0
+
+
+def test_objective_variants_from_sibling_configs(tmp_path, capsys):
+    """Each objective's overhead: variants given as the sibling configs of the method table."""
+    opts = ['--cfg-options', 'model.backbone.model_name=cifar_resnet20']
+    greedy = osp.join(ROOT, 'configs/cls/cifar_resnet32_greedy_k4.py')
+    results = benchmark_memory.run(
+        [greedy, '--ks', '4', '--batch-size', '8', '--iters', '1', '--out-dir', str(tmp_path),
+         '--variant', 'infopro:' + osp.join(ROOT, 'configs/cls/cifar_resnet32_infopro_softmax_k4.py'),
+         '--variant', 'dgl:model.local_objective.type=DGL,model.local_objective.head=None'] + opts)
+    by = {r['name']: r for r in results}
+    assert set(by) == {'K=4', 'infopro', 'dgl'}
+    assert by['infopro']['peak_bytes'] > by['K=4']['peak_bytes']  # the decoders' activations
+    assert by['infopro']['split'] == by['K=4']['split']  # same cuts: only the objective differs
+    import pytest
+    with pytest.raises(SystemExit, match='config file .*nope.py does not exist'):
+        benchmark_memory.run([greedy, '--ks', '4', '--variant', 'x:nope.py'] + opts)

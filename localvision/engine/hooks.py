@@ -1,0 +1,75 @@
+"""Training-loop hooks."""
+from __future__ import annotations
+
+import json
+import os.path as osp
+from typing import Optional
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+
+from localvision.registry import HOOKS
+from localvision.utils.memory import LiveTensorMemoryTracker, format_bytes
+
+
+@HOOKS.register_module()
+class PeakMemoryHook(Hook):
+    """Measures the peak training memory of one iteration and logs it.
+
+    At training iteration ``at_iter`` (counted from 0, after the optimizer state exists) the
+    iteration (data preprocessing, forward, backward, step) runs under
+    :class:`~localvision.utils.memory.LiveTensorMemoryTracker` on CPU (exact bytes of live
+    tensors: parameters, gradients, optimizer state, batch and activations), or with the CUDA
+    allocator's peak statistics on a GPU. The figure is logged, put in the message hub as
+    ``train/peak_memory_bytes`` and written to ``<work_dir>/peak_memory.json``.
+
+    Use from any scope: ``custom_hooks = [dict(type='localvision.PeakMemoryHook', at_iter=5)]``.
+    """
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, at_iter: int = 5) -> None:
+        if at_iter < 1:
+            raise ValueError(f'PeakMemoryHook.at_iter={at_iter} must be >= 1 (iteration 0 creates the optimizer state)')
+        self.at_iter = at_iter
+        self._tracker: Optional[LiveTensorMemoryTracker] = None
+        self._device: Optional[torch.device] = None
+        self.peak_bytes: Optional[int] = None
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if runner.iter != self.at_iter:
+            return
+        params = list(runner.model.parameters())
+        self._device = params[0].device if params else torch.device('cpu')
+        if self._device.type == 'cuda':
+            torch.cuda.synchronize(self._device)
+            torch.cuda.reset_peak_memory_stats(self._device)
+            return
+        optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
+        baseline = [runner.model] + ([optimizer] if optimizer is not None else []) + [data_batch]
+        self._tracker = LiveTensorMemoryTracker(baseline=baseline)
+        self._tracker.__enter__()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._device is None:  # not the measured iteration
+            return
+        device, self._device = self._device, None
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+            peak = int(torch.cuda.max_memory_allocated(device))
+        else:
+            self._tracker.__exit__(None, None, None)
+            peak = self._tracker.peak_by_device.get(device.type, 0)
+            self._tracker = None
+        self.peak_bytes = peak
+        runner.message_hub.update_info('train/peak_memory_bytes', peak)
+        runner.logger.info(f'peak training memory (iteration {self.at_iter}): {format_bytes(peak)}')
+        if is_main_process():
+            with open(osp.join(runner.work_dir, 'peak_memory.json'), 'w') as f:
+                json.dump(dict(peak_bytes=peak, iteration=self.at_iter, device=str(device)), f)
+
+    def after_train(self, runner) -> None:
+        if self._tracker is not None:  # training stopped inside the measured iteration
+            self._tracker.__exit__(None, None, None)
+            self._tracker = None

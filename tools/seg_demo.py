@@ -1,0 +1,172 @@
+"""The main demo: DeepLabV3 trained as K=4 InfoPro modules vs end to end, on the built-in set.
+
+    python tools/seg_demo.py [--iters 400] [--jobs 2] [--work-dir work_dirs/seg_demo]
+                             [--local-config configs/seg/deeplab_infopro_k4_demo.py]
+                             [--e2e-config configs/seg/deeplab_e2e_demo.py]
+
+Generates the built-in segmentation set if it is missing (``tools/misc/make_demo_data.py seg``),
+trains the local (K=4, InfoPro) and the end-to-end model with ``tools/train.py`` for the same
+iterations (``--jobs 2``: side by side, one core each; ``--jobs 1``: one after the other),
+evaluates both with mmseg's IoUMetric and prints mIoU, peak training memory (of one iteration,
+measured by ``localvision.PeakMemoryHook``) and training time next to each other. The summary is
+saved to ``<work-dir>/summary.json``. Each run is an ordinary ``tools/train.py`` run: its work
+dir holds the checkpoint that ``tools/test.py`` evaluates and ``tools/export_checkpoint.py``
+exports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SHOW = re.compile(r'Iter\(train\)|Iter\(val\)|peak training memory|final validation metrics|^error:|^Traceback|^\w+Error')
+FINAL = re.compile(r'final validation metrics: (.*)$')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--local-config', default='configs/seg/deeplab_infopro_k4_demo.py')
+    p.add_argument('--e2e-config', default='configs/seg/deeplab_e2e_demo.py')
+    p.add_argument('--iters', type=int, default=None, help="training iterations of both runs (default: the config's)")
+    p.add_argument('--jobs', type=int, default=2, choices=[1, 2],
+                   help='2: train both side by side, each on half the cores; 1: one after the other')
+    p.add_argument('--data-root', default='data/lv_shapes_seg')
+    p.add_argument('--work-dir', default='work_dirs/seg_demo')
+    return p.parse_args(argv)
+
+
+class Job:
+    """One ``tools/train.py`` run in a subprocess, its progress lines shown with a tag."""
+
+    def __init__(self, tag: str, config: str, work_dir: str, options: List[str], threads: int) -> None:
+        self.tag, self.config, self.work_dir = tag, config, work_dir
+        self.cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work_dir]
+        if options:
+            self.cmd += ['--cfg-options'] + options
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.lines: List[str] = []
+        self.rc: Optional[int] = None
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self._proc: Optional[subprocess.Popen] = None
+        self._reader: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._t0 = time.time()
+        self._proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            line = line.rstrip('\n')
+            self.lines.append(line)
+            if SHOW.search(line):
+                print(f'[{self.tag}] {line[line.find(" - ") + 3:] if " - mmengine - " in line else line}', flush=True)
+
+    def wait(self) -> int:
+        _, status, usage = os.wait4(self._proc.pid, 0)  # like Popen.wait, plus the CPU time used
+        self.rc = self._proc.returncode = os.waitstatus_to_exitcode(status)
+        self._reader.join()
+        self.seconds = time.time() - self._t0
+        self.cpu_seconds = usage.ru_utime + usage.ru_stime
+        return self.rc
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+
+    def result(self) -> Dict[str, object]:
+        metrics: Dict[str, float] = {}
+        for line in self.lines:
+            m = FINAL.search(line)
+            if m:
+                for kv in m.group(1).split(', '):
+                    k, _, v = kv.partition(': ')
+                    metrics[k] = float(v)
+        peak = None
+        peak_file = osp.join(ROOT, self.work_dir, 'peak_memory.json')
+        if osp.isfile(peak_file):
+            with open(peak_file) as f:
+                peak = json.load(f)['peak_bytes']
+        return dict(config=self.config, work_dir=self.work_dir, metrics=metrics, peak_bytes=peak,
+                    train_seconds=round(self.seconds, 1), cpu_seconds=round(self.cpu_seconds, 1))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, ROOT)
+    from localvision.utils.memory import format_bytes
+    if not osp.isdir(osp.join(ROOT, args.data_root, 'img_dir')):
+        print(f'generating the built-in segmentation set in {args.data_root} ...', flush=True)
+        rc = subprocess.call([sys.executable, osp.join(ROOT, 'tools', 'misc', 'make_demo_data.py'), 'seg',
+                              '--out', args.data_root], cwd=ROOT)
+        if rc:
+            return rc
+    options = [f'train_dataloader.dataset.data_root={args.data_root}',
+               f'val_dataloader.dataset.data_root={args.data_root}',
+               f'test_dataloader.dataset.data_root={args.data_root}']
+    if args.iters is not None:
+        options += [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
+                    f'default_hooks.checkpoint.interval={args.iters}']
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // args.jobs)
+    jobs = [Job('K=4 InfoPro', args.local_config, osp.join(args.work_dir, 'local_k4'), options, threads),
+            Job('E2E', args.e2e_config, osp.join(args.work_dir, 'e2e'), options, threads)]
+    print(f'training {len(jobs)} models ({"side by side" if args.jobs == 2 else "one after the other"}, '
+          f'{threads} thread(s) each); logs in {args.work_dir}/*/', flush=True)
+    t0 = time.time()
+    try:
+        if args.jobs == 2:
+            for j in jobs:
+                j.start()
+            for j in jobs:
+                j.wait()
+        else:
+            for j in jobs:
+                j.start()
+                if j.wait():
+                    break
+    except KeyboardInterrupt:
+        for j in jobs:
+            j.stop()
+        print('interrupted: each run saved a resumable checkpoint in its work dir (tools/train.py ... --resume)')
+        return 130
+    failed = [j for j in jobs if j.rc]
+    for j in failed:
+        print(f'[{j.tag}] failed (exit {j.rc}); last lines:\n' + '\n'.join(j.lines[-15:]), file=sys.stderr)
+    if failed:
+        return 1
+    results = {j.tag: j.result() for j in jobs}
+    local, e2e = results['K=4 InfoPro'], results['E2E']
+    print(f'\n{"model":<14}{"mIoU":>8}{"aAcc":>8}{"peak train memory":>20}{"vs E2E":>9}{"wall time":>11}'
+          f'{"CPU time":>10}')
+    for tag, r in results.items():
+        m = r['metrics']
+        ratio = (f'{100 * r["peak_bytes"] / e2e["peak_bytes"]:.0f} %'
+                 if r['peak_bytes'] and e2e['peak_bytes'] else '-')
+        peak = format_bytes(r['peak_bytes']) if r['peak_bytes'] else '-'
+        print(f'{tag:<14}{m.get("mIoU", float("nan")):>8.2f}{m.get("aAcc", float("nan")):>8.2f}{peak:>20}'
+              f'{ratio:>9}{r["train_seconds"] / 60:>9.1f} m{r["cpu_seconds"] / 60:>8.1f} m')
+    total = time.time() - t0
+    ckpt = osp.join(local['work_dir'], 'last_checkpoint')
+    if osp.isfile(osp.join(ROOT, ckpt)):
+        with open(osp.join(ROOT, ckpt)) as f:
+            ckpt = osp.relpath(f.read().strip(), ROOT)
+    print(f'total {total / 60:.1f} min; evaluate again with: python tools/test.py {args.local_config} {ckpt}')
+    with open(osp.join(ROOT, args.work_dir, 'summary.json'), 'w') as f:
+        json.dump(dict(results=results, total_seconds=round(total, 1), jobs=args.jobs, threads=threads), f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
