@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 Tensor = torch.Tensor
 HEADER_BYTES = 4096
+LOG_LIMIT = 100_000  # instrumentation entries kept (message index, time)
 _LEN = 8
 
 
@@ -161,7 +162,8 @@ class Sender:
         except Exception as e:  # noqa: BLE001
             raise TransportError(f'sending to rank {self.dst} failed: {e}', self.dst) from e
         self._pending.append((works, bufs))
-        self.log.append((self.sent, time.monotonic(), self.credits))
+        if len(self.log) < LOG_LIMIT:
+            self.log.append((self.sent, time.monotonic(), self.credits))
         self.sent += 1
         self._reap(limit=self.queue_size)
 
@@ -247,7 +249,8 @@ class Receiver:
         if isinstance(item, BaseException):
             raise item
         control, obj = item
-        self.log.append((self.taken, time.monotonic()))
+        if len(self.log) < LOG_LIMIT:
+            self.log.append((self.taken, time.monotonic()))
         credit = torch.tensor([self.taken], dtype=torch.int64, device=self.comm_device)
         self._credit_works.append((dist.isend(credit, dst=self.src, group=self.credit_group), credit))
         self.taken += 1
