@@ -11,5 +11,7 @@ model = dict(
     out_indices=(1, 2, 3, 4),
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 512, 512)),
     local_objective=dict(type='InfoProDet', lambda_recon=1.0, lambda_task=1.0),
+    # mmdet's FocalLoss, keeping little for backward off CUDA (same values; see localvision/det/losses.py)
+    bbox_head=dict(loss_cls=dict(type='LowMemFocalLoss')),
 )
 env_cfg = dict(dist_cfg=dict(backend='auto'))

@@ -20,7 +20,7 @@ model = dict(
                          head=dict(type='DenseDetAuxHead', channels=64)),
     neck=dict(out_channels=width),
     bbox_head=dict(num_classes=num_classes, in_channels=width, feat_channels=width, stacked_convs=2,
-                   anchor_generator=dict(octave_base_scale=3)),
+                   anchor_generator=dict(octave_base_scale=3), loss_cls=dict(type='LowMemFocalLoss')),
     test_cfg=dict(score_thr=0.05, max_per_img=50),
 )
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),

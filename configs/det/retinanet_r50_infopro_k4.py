@@ -15,6 +15,8 @@ model = dict(
     out_indices=(1, 2, 3, 4),  # levels = layer1..layer4 (mmdet ResNet out_indices 0..3)
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 512, 512)),
     local_objective=dict(type='InfoProDet', lambda_recon=1.0, lambda_task=1.0),
+    # mmdet's FocalLoss, keeping little for backward off CUDA (same values; see localvision/det/losses.py)
+    bbox_head=dict(loss_cls=dict(type='LowMemFocalLoss')),
 )
 # 'auto': nccl with CUDA, gloo without (resolved by tools/train.py)
 env_cfg = dict(dist_cfg=dict(backend='auto'))

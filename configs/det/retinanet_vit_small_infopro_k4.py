@@ -13,6 +13,8 @@ model = dict(
     out_blocks=(12,),
     split=dict(num_modules=4, strategy='equal', input_size=(3, img, img)),
     local_objective=dict(type='InfoProDet', lambda_recon=1.0, lambda_task=1.0),
+    # mmdet's FocalLoss, keeping little for backward off CUDA (same values; see localvision/det/losses.py)
+    bbox_head=dict(loss_cls=dict(type='LowMemFocalLoss')),
     neck=dict(_delete_=True, type='SimplePyramid', in_channels=384, out_channels=256,
               scale_factors=(2, 1, 0.5, 0.25, 0.125), norm_cfg=dict(type='GN', num_groups=32)),
 )

@@ -5,10 +5,11 @@ Configs pull this in with ``custom_imports=dict(imports=['localvision.det'])``;
 ``import localvision`` alone never imports mmdet.
 """
 from .datasets import CheckedCocoDataset, ShapesDetDataset, check_coco_annotations
+from .losses import LowMemFocalLoss
 from .local_detector import LocalDetectorMixin, LocalSingleStageDetector, LocalTwoStageDetector
 from .objectives import DenseDetAuxHead, DetGreedyObjective, DetReconDecoder, InfoProDetObjective
 from .simple_pyramid import SimplePyramid
 
 __all__ = ['LocalDetectorMixin', 'LocalSingleStageDetector', 'LocalTwoStageDetector', 'InfoProDetObjective',
            'DetGreedyObjective', 'DenseDetAuxHead', 'DetReconDecoder', 'SimplePyramid', 'CheckedCocoDataset',
-           'ShapesDetDataset', 'check_coco_annotations']
+           'ShapesDetDataset', 'check_coco_annotations', 'LowMemFocalLoss']

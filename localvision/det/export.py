@@ -97,6 +97,18 @@ def _stock_dataset(ds, classes) -> None:
             _stock_dataset(v, classes)
 
 
+def _stock_losses(cfg):
+    """localvision's LowMemFocalLoss is mmdet's FocalLoss (same values) for stock mmdet."""
+    if isinstance(cfg, dict):
+        if cfg.get('type') == 'LowMemFocalLoss':
+            cfg['type'] = 'FocalLoss'
+        for v in cfg.values():
+            _stock_losses(v)
+    elif isinstance(cfg, (list, tuple)):
+        for v in cfg:
+            _stock_losses(v)
+
+
 def stock_model_cfg(model_cfg: dict, model) -> dict:
     """The ``model`` config of the same network as a stock mmdet detector."""
     cfg = copy.deepcopy(dict(model_cfg))
@@ -107,6 +119,7 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
                            frozen_stages=model.frozen_stages, norm_cfg=dict(type='BN', requires_grad=True),
                            norm_eval=model.norm_eval, style='pytorch', init_cfg=None)
     cfg['type'] = LOCAL_TYPES[cfg['type']]
+    _stock_losses(cfg)
     if cfg.get('neck') is not None and 'in_channels' in cfg['neck']:
         neck_in = model.level_channels()
         cfg['neck'] = dict(cfg['neck'], in_channels=neck_in if isinstance(cfg['neck']['in_channels'], (list, tuple))

@@ -219,15 +219,15 @@ class LocalDetectorMixin(LocalLearningModel):
         return exit_loss
 
     def _tail_cost_fn(self):
-        """What the neck and the (first) head save on the levels, counted with the last module.
+        """What the neck, the heads and their losses save, counted with the last module.
 
-        Levels of earlier modules are zeros of their shape (the neck saves the same on them);
-        the head's loss is approximated by the mean of its raw outputs.
+        Levels of earlier modules are zeros of their shape (the neck saves the same on them); the
+        heads' losses run on a few synthetic boxes per image, so e.g. RetinaNet's focal loss over
+        all anchors and classes is counted: at 512x512 it is a large part of the last module.
         """
         bb = self.backbone
         shapes = block_shapes(bb.seq, bb.input_size)
         last = len(bb.seq) - 1
-        head = self._tail_head()
 
         def tail_loss(x: Tensor) -> Tensor:
             fmap = bb.to_map(x, tuple(bb.input_size[-2:]))
@@ -237,11 +237,28 @@ class LocalDetectorMixin(LocalLearningModel):
                     feats.append(fmap)
                 else:
                     feats.append(torch.zeros(fmap.shape[0], *shapes[b][1:], device=fmap.device))
-            return _sum_means(head(self.neck(feats)))
+            feats = [f if j in self._levels_read_by_neck() else None for j, f in enumerate(feats)]
+            losses = self.head_losses(self.neck(feats), self._synthetic_samples(fmap.shape[0], fmap.device))
+            return sum(_sum_means(v) for k, v in losses.items() if 'loss' in k)
         return tail_loss
 
-    def _tail_head(self) -> nn.Module:
-        raise NotImplementedError
+    def _synthetic_samples(self, n: int, device) -> list:
+        """A few boxes per image, as the data pipeline would give them (for the split's dry run)."""
+        from mmengine.structures import InstanceData
+        from mmdet.structures import DetDataSample
+        h, w = self.backbone.input_size[-2:]
+        samples = []
+        for _ in range(n):
+            gi = InstanceData()
+            gi.bboxes = torch.tensor([[w * 0.1, h * 0.1, w * 0.4, h * 0.5], [w * 0.5, h * 0.3, w * 0.9, h * 0.9],
+                                      [w * 0.3, h * 0.6, w * 0.45, h * 0.75]], device=device)
+            gi.labels = torch.zeros(3, dtype=torch.long, device=device)
+            ds = DetDataSample()
+            ds.gt_instances = gi
+            ds.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
+                                 scale_factor=(1.0, 1.0)))
+            samples.append(ds)
+        return samples
 
     # -- units ----------------------------------------------------------------------------------
     @property
@@ -376,9 +393,6 @@ class LocalSingleStageDetector(LocalDetectorMixin, SingleStageDetector):
     def _task_modules(self) -> List[nn.Module]:
         return [self.bbox_head]
 
-    def _tail_head(self) -> nn.Module:
-        return self.bbox_head
-
     def head_losses(self, x, data_samples: list) -> Dict[str, Tensor]:
         return self.bbox_head.loss(x, data_samples)
 
@@ -420,9 +434,6 @@ class LocalTwoStageDetector(LocalDetectorMixin, TwoStageDetector):
 
     def _task_modules(self) -> List[nn.Module]:
         return [self.rpn_head, self.roi_head]
-
-    def _tail_head(self) -> nn.Module:
-        return self.rpn_head
 
     def head_losses(self, x, data_samples: list) -> Dict[str, Tensor]:
         """TwoStageDetector.loss on given features: RPN (class-agnostic) and RoI head losses."""
