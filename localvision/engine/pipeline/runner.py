@@ -562,7 +562,7 @@ class PipelineRunner:
                 self._die()
             self._fail(e, primary_wait=0.0, prefix='error: ')
         except BaseException as e:  # noqa: BLE001
-            self._fail(e, primary_wait=3.0 if isinstance(e, TransportError) else 0.0)
+            self._fail(e, primary_wait=1.5 if isinstance(e, TransportError) else 0.0)
         self.watchdog.mark_done()
         dist.barrier()
         self.watchdog.stop()
@@ -580,6 +580,8 @@ class PipelineRunner:
         if isinstance(e, TransportError) and e.peer is not None:  # the neighbour vanished without a word
             msg = (f'{self._describe_rank(e.peer)} is gone (killed or crashed without a report): '
                    f'{self.where} lost its connection to it{at}: {e}')
+            if self.watchdog is not None:
+                self.watchdog.mark_dead(e.peer)
         if not isinstance(e, InputError):
             traceback.print_exc()
         print(msg, file=sys.stderr, flush=True)
@@ -587,10 +589,11 @@ class PipelineRunner:
             self.watchdog.report_failure(msg)
         self._die()
 
-    @staticmethod
-    def _die() -> None:
+    def _die(self) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        if self.watchdog is not None:
+            self.watchdog.leave()
         os._exit(1)
 
 

@@ -54,6 +54,9 @@ class Watchdog:
         self._own_failure = False
         self.abort_message: Optional[str] = None
         self._thread = threading.Thread(target=self._loop, name='lv-pipeline-watchdog', daemon=True)
+        # without torchrun's agent, rank 0's process hosts the store: it must outlive the others' reads
+        self._leave_lock, self._left = threading.Lock(), False
+        self.hosts_store = rank == 0 and os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True'
         self._main.set(self._key(f'hb/{rank}'), str(time.time()))
 
     def _key(self, k: str) -> str:
@@ -89,6 +92,32 @@ class Watchdog:
         """Raise :class:`PipelineAbort` if the watchdog found a failure elsewhere."""
         if self.abort_message is not None:
             raise PipelineAbort(self.abort_message)
+
+    def leave(self, store=None, linger_s: float = 3.0) -> None:
+        """Before exiting on a failure: count this rank as stopped; the rank hosting the store
+        waits (up to ``linger_s``) until every other rank has stopped, so they all read the message."""
+        store = store or self._main
+        with self._leave_lock:
+            first, self._left = not self._left, True
+        try:
+            if first:
+                store.add(self._key('nstopped'), 1)
+            if self.hosts_store:
+                deadline = time.time() + linger_s
+                while time.time() < deadline:
+                    dead = sum(store.check([self._key(f'dead/{r}')]) for r in range(self.world))
+                    if int(store.add(self._key('nstopped'), 0)) >= self.world - dead:
+                        break
+                    time.sleep(0.05)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def mark_dead(self, rank: int) -> None:
+        """Record that ``rank`` vanished (it will never count itself as stopped)."""
+        try:
+            self._main.set(self._key(f'dead/{rank}'), '1')
+        except Exception:  # noqa: BLE001
+            pass
 
     def mark_done(self) -> None:
         self._done = True
@@ -138,6 +167,7 @@ class Watchdog:
         print(f'[pipeline {self.describe(self.rank)}] stopping: {message}', file=sys.stderr, flush=True)
         if self.exit_on_failure:
             sys.stdout.flush()
+            self.leave(self._store)
             os._exit(1)
 
     def _loop(self) -> None:
