@@ -2,8 +2,8 @@
 
 mmdet 3.3 ships no such neck in its package (ViTDet's ``SimpleFPN`` lives in ``projects/``, which
 is not installed), so this is a small one: the last backbone level (e.g. a ViT's stride-16 map)
-is rescaled by each factor in ``scale_factors`` (x2: ConvTranspose 2x2; x4: two of them with
-GELU in between... ; 1: identity; 1/2, 1/4...: max-pool), then each branch gets conv1x1 and conv3x3
+is rescaled by each factor in ``scale_factors`` (x2: one ConvTranspose 2x2, x4: two with a GELU
+between; 1: identity; 1/2, 1/4...: max-pool), then each branch gets conv1x1 and conv3x3
 to ``out_channels`` (with an optional norm), giving one output per factor, finest first.
 """
 from __future__ import annotations

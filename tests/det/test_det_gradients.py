@@ -82,3 +82,24 @@ def test_k1_equals_stock_mmdet_retinanet():
         b = plain(**d, mode='predict')
     torch.testing.assert_close(a[0].pred_instances.bboxes, b[0].pred_instances.bboxes)
     torch.testing.assert_close(a[0].pred_instances.scores, b[0].pred_instances.scores)
+
+
+def test_two_stage_export_predicts_the_same_in_stock_mmdet():
+    """Faster R-CNN (K=2) exported to mmdet's TwoStageDetector with mmdet's ResNet-18."""
+    from localvision.det.export import export_state_dict, stock_model_cfg
+    cfg = tiny_model_cfg('faster_rcnn', num_modules=2)
+    local = build(cfg)
+    stock_cfg = stock_model_cfg(cfg, local)
+    assert stock_cfg['type'] == 'TwoStageDetector' and stock_cfg['backbone']['type'] == 'ResNet'
+    assert 'local_objective' not in stock_cfg and 'split' not in stock_cfg
+    plain = build(stock_cfg)
+    plain.load_state_dict(export_state_dict(local), strict=True)
+    local.eval(), plain.eval()
+    data = batch()
+    with torch.no_grad():
+        d = local.data_preprocessor(copy.deepcopy(data), False)
+        a = local(**d, mode='predict')
+        b = plain(**d, mode='predict')
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
+        torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
