@@ -1,0 +1,32 @@
+"""Every detection config reads, inherits mmdet's own bases and turns local learning on as named."""
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs/det/*.py')))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[osp.basename(p) for p in CONFIGS])
+def test_config_reads(path):
+    cfg = Config.fromfile(path)
+    name = osp.basename(path)
+    m = cfg.model
+    assert cfg.default_scope == 'mmdet' and 'localvision.det' in cfg.custom_imports['imports']
+    assert m.type == ('LocalTwoStageDetector' if name.startswith('faster_rcnn') else 'LocalSingleStageDetector')
+    assert m.backbone.pretrained is False and m.backbone.frozen_stages == -1 and m.backbone.norm_eval is False
+    k = m.split.num_modules
+    if '_e2e' in name:
+        assert k == 1 and m.local_objective is None
+    else:
+        assert k == int(name.split('_k')[1][0])
+        assert m.local_objective.type == ('DetGreedy' if 'greedy' in name else 'InfoProDet')
+    if 'vit' in name:
+        assert m.neck.type == 'SimplePyramid' and m.out_blocks == (12,)
+    else:
+        assert m.neck.type == 'FPN'
+    if 'demo' in name:
+        assert cfg.train_dataloader.dataset.type == 'ShapesDetDataset'
+        assert cfg.val_evaluator.type == 'CocoMetric'
