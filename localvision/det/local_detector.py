@@ -226,10 +226,12 @@ class LocalDetectorMixin(LocalLearningModel):
         all anchors and classes is counted: at 512x512 it is a large part of the last module.
         """
         bb = self.backbone
-        shapes = block_shapes(bb.seq, bb.input_size)
         last = len(bb.seq) - 1
+        shapes: List = []
 
         def tail_loss(x: Tensor) -> Tensor:
+            if not shapes:  # only the balanced strategy calls this: measure the level shapes then
+                shapes.extend(block_shapes(bb.seq, bb.input_size))
             fmap = bb.to_map(x, tuple(bb.input_size[-2:]))
             feats = []
             for b in self.level_blocks:
