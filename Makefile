@@ -3,12 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LV_VENV := $(VENV)
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo demo-cls test clean-venv
 
 setup:
 	@bash tools/setup_env.sh
 
+# the main demo: DeepLabV3 as K=4 InfoPro modules vs E2E on the generated segmentation set
 demo: setup
+	$(PY) tools/seg_demo.py
+
+# the classification demo: ResNet-32, K=4 greedy, on the generated shapes set
+demo-cls: setup
 	$(PY) tools/misc/make_demo_data.py cls
 	$(PY) tools/train.py configs/cls/cifar_resnet32_shapes_greedy_k4.py
 

@@ -21,6 +21,10 @@ model = dict(
     local_objective=dict(type='InfoProSeg', lambda_recon=1.5, lambda_task=1.0),
     decode_head=dict(norm_cfg=norm_cfg),
     auxiliary_head=dict(norm_cfg=norm_cfg),
+    # each parameter is updated as soon as its gradient is final, inside the module's backward,
+    # and the gradient freed: the same SGD step, without holding every gradient until the end
+    # (under dist_train.sh: each module steps after its all-reduce)
+    executor=dict(type='PerModuleBackward', step_in_backward=True),
 )
 # 'auto': nccl with CUDA, gloo without (resolved by tools/train.py)
 env_cfg = dict(dist_cfg=dict(backend='auto'))

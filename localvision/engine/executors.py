@@ -11,11 +11,13 @@ here as the reference the benchmark compares against).
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Dict, Iterator
 
 import torch
+from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 
 from localvision.errors import InputError
@@ -75,22 +77,60 @@ class PerModuleBackward:
             each unit's gradients separately. Needs a plain ``OptimWrapper`` without gradient
             accumulation; under data parallelism each unit's all-reduce is awaited before its
             step (no overlap with the next unit).
+        step_in_backward: go further: update each parameter as soon as its gradient is complete,
+            inside the backward pass (``register_post_accumulate_grad_hook``), and free that
+            gradient at once, so almost no gradient memory is alive at any time. Same result as
+            ``step_each_module`` for per-parameter optimizers; no gradient clipping (it needs all
+            gradients after the backward). Under data parallelism the gradients must be averaged
+            across processes before the update, so there it acts as ``step_each_module`` (with a
+            warning once).
     """
 
-    def __init__(self, step_each_module: bool = False) -> None:
-        self.step_each_module = step_each_module
+    def __init__(self, step_each_module: bool = False, step_in_backward: bool = False) -> None:
+        self.step_each_module = step_each_module or step_in_backward
+        self.step_in_backward = step_in_backward
+        self._warned = False
 
-    def _check_step_each_module(self, optim_wrapper: OptimWrapper) -> None:
+    def _check_step_each_module(self, optim_wrapper: OptimWrapper, grad_sync) -> None:
+        flag = 'step_in_backward' if self.step_in_backward else 'step_each_module'
         if type(optim_wrapper) is not OptimWrapper or optim_wrapper._accumulative_counts != 1:
-            raise InputError('model.executor.step_each_module=True needs a plain OptimWrapper without gradient '
+            raise InputError(f'model.executor.{flag}=True needs a plain OptimWrapper without gradient '
                              f'accumulation; got {type(optim_wrapper).__name__} with accumulative_counts='
-                             f'{optim_wrapper._accumulative_counts} (set step_each_module=False)')
+                             f'{optim_wrapper._accumulative_counts} (set {flag}=False)')
+        if self.step_in_backward and optim_wrapper.clip_grad_kwargs:
+            raise InputError('model.executor.step_in_backward=True cannot clip gradients (clipping needs all '
+                             'gradients after the backward); remove optim_wrapper.clip_grad or use step_each_module=True')
+
+    def _backward_stepping(self, model, k: int, optim_wrapper: OptimWrapper, loss: Tensor) -> None:
+        """Unit k's backward; each parameter is updated (and its gradient freed) once its gradient is final.
+
+        Only that parameter has a gradient at that moment, so ``optimizer.step()`` updates it alone.
+        """
+        optimizer = optim_wrapper.optimizer
+
+        def step_param(p: torch.nn.Parameter) -> None:
+            optimizer.step()
+            p.grad = None
+
+        handles = [p.register_post_accumulate_grad_hook(step_param)
+                   for p in model.unit_parameters(k) if p.requires_grad]
+        try:
+            optim_wrapper.backward(loss)
+        finally:
+            for h in handles:
+                h.remove()
 
     def __call__(self, model, ctx, optim_wrapper: OptimWrapper, grad_sync=None) -> Dict[str, Tensor]:
         _check_wrapper(optim_wrapper)
         if self.step_each_module:
-            self._check_step_each_module(optim_wrapper)
+            self._check_step_each_module(optim_wrapper, grad_sync)
         sync = grad_sync if grad_sync is not None and optim_wrapper.should_sync() else None
+        in_backward = self.step_in_backward and grad_sync is None
+        if self.step_in_backward and grad_sync is not None and not self._warned:
+            self._warned = True
+            print_log('model.executor.step_in_backward: gradients are averaged across processes after each '
+                      "module's backward, so each module steps after its backward (as step_each_module=True)",
+                      logger='current', level=logging.WARNING)
         log_vars: Dict[str, Tensor] = OrderedDict(loss=torch.zeros(()))
         h = ctx.inputs
         last = model.num_units - 1
@@ -99,7 +139,11 @@ class PerModuleBackward:
             with optim_wrapper.optim_context(model):
                 out, losses = model.forward_unit(k, h, ctx)
             loss, unit_vars = model.parse_losses(losses)
-            if k < last:
+            if in_backward:
+                with uncounted(optim_wrapper):
+                    self._backward_stepping(model, k, optim_wrapper, optim_wrapper.scale_loss(loss))
+                h = out.detach()
+            elif k < last:
                 with uncounted(optim_wrapper):
                     optim_wrapper.backward(optim_wrapper.scale_loss(loss))
                 h = out.detach()
@@ -107,7 +151,10 @@ class PerModuleBackward:
                 optim_wrapper.backward(optim_wrapper.scale_loss(loss))
             if sync is not None:
                 sync.launch(k)
-            if self.step_each_module:  # only unit k's parameters have gradients now
+            if in_backward:
+                if k == last:
+                    optim_wrapper._inner_count += 1  # one counted step per iteration, as otherwise
+            elif self.step_each_module:  # only unit k's parameters have gradients now
                 _finish_step(optim_wrapper, sync)
             del out, losses
             total = total + loss.detach()

@@ -19,13 +19,14 @@ from localvision.models import LocalImageClassifier
 from localvision.structures import ClsDataSample
 
 
-def tiny_vit(k: int, executor: str = 'PerModuleBackward') -> LocalImageClassifier:
+def tiny_vit(k: int, executor='PerModuleBackward') -> LocalImageClassifier:
     torch.manual_seed(0)
     return LocalImageClassifier(
         backbone=dict(model_name='vit_tiny_patch16_224', img_size=32, patch_size=8, depth=4, embed_dim=48,
                       num_heads=3),
         num_classes=4, split=dict(num_modules=k, strategy='equal', input_size=(3, 32, 32)),
-        local_objective=dict(type='Greedy', head=dict(type='PoolLinearHead')), executor=dict(type=executor),
+        local_objective=dict(type='Greedy', head=dict(type='PoolLinearHead')),
+        executor=dict(type=executor) if isinstance(executor, str) else executor,
         data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3))
 
 
@@ -64,7 +65,8 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize('k,executor,accum', [(3, 'PerModuleBackward', 1), (1, 'PerModuleBackward', 1),
-                                              (3, 'JointBackward', 1), (3, 'PerModuleBackward', 2)])
+                                              (3, 'JointBackward', 1), (3, 'PerModuleBackward', 2),
+                                              (3, dict(type='PerModuleBackward', step_in_backward=True), 1)])
 def test_two_ranks_match_one_process_on_the_global_batch(tmp_path, k, executor, accum):
     out = str(tmp_path / 'params')
     mp.spawn(_worker, args=(2, free_port(), k, executor, accum, out), nprocs=2, join=True)

@@ -125,8 +125,9 @@ def test_step_each_module_equals_one_step_at_the_end(optimizer):
         return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
 
     models, live_grads = [], {}
-    for each in (False, True):
-        model = make_model(k=4, executor=dict(type='PerModuleBackward', step_each_module=each))
+    for each in (False, True, 'in_backward'):
+        model = make_model(k=4, executor=dict(type='PerModuleBackward', step_each_module=each is True,
+                                              step_in_backward=each == 'in_backward'))
         forward_unit = model.forward_unit
 
         def spy(k, h, ctx, model=model, forward_unit=forward_unit, each=each):
@@ -138,12 +139,31 @@ def test_step_each_module_equals_one_step_at_the_end(optimizer):
         for seed in range(3):
             model.train_step(copy.deepcopy(make_batch(seed=seed)), ow)
         assert all(p.grad is None for p in model.parameters())
+        assert ow.inner_count == 3
         models.append(model)
-    for (n, a), b in zip(models[0].named_parameters(), models[1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    for other in models[1:]:
+        for (n, a), b in zip(models[0].named_parameters(), other.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
     # without: units 0..2's gradients are alive when unit 3 runs; with: none
     assert live_grads[(False, 3)] == sum(len(models[0].unit_parameters(k)) for k in range(3))
-    assert all(live_grads[(True, k)] == 0 for k in range(4))
+    assert all(live_grads[(True, k)] == 0 and live_grads[('in_backward', k)] == 0 for k in range(4))
+
+
+def test_step_in_backward_keeps_almost_no_gradient_alive():
+    from localvision.utils.memory import measure_peak_memory
+    peaks = {}
+    for mode in ('each', 'in_backward'):
+        model = make_model(k=2, executor=dict(type='PerModuleBackward', step_each_module=mode == 'each',
+                                              step_in_backward=mode == 'in_backward'))
+        ow = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        batch = make_batch()
+        model.train_step(copy.deepcopy(batch), ow)
+        peaks[mode] = measure_peak_memory(lambda: model.train_step(copy.deepcopy(batch), ow), device='cpu',
+                                          baseline=(model, ow.optimizer))
+    assert peaks['in_backward'] < peaks['each']
+    with pytest.raises(ValueError, match='step_in_backward=True cannot clip gradients'):
+        model.train_step(make_batch(), OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1),
+                                                    clip_grad=dict(max_norm=1.0)))
 
 
 def test_step_each_module_rejects_accumulation():

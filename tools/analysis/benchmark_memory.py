@@ -60,7 +60,9 @@ def parse_args(argv=None):
                    help='synthetic input size (default: model.split.input_size)')
     p.add_argument('--data', default='synthetic', choices=['synthetic', 'loader'],
                    help='synthetic batch of --input-size, or the first batch of the config\'s train dataloader')
-    p.add_argument('--iters', type=int, default=5, help='timed iterations per variant')
+    p.add_argument('--iters', type=int, default=5,
+                   help='timed iterations per variant; 0: memory only, each model freed once measured '
+                        '(for big models that do not fit in memory together)')
     p.add_argument('--device', default=None, help='default: cuda if available, else cpu')
     p.add_argument('--out-dir', default=None)
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -230,8 +232,11 @@ def run(argv=None) -> List[dict]:
         params = sum(p.numel() for p in model.parameters())
         results.append(dict(name=name, k=getattr(model, 'num_units', 1), peak_bytes=int(peak), split=desc,
                             executor=type(model.executor).__name__, params=params, times=[], cpu_times=[]))
-        built[name] = (one_iter, model)
-        if device.type == 'cuda':
+        if args.iters > 0:
+            built[name] = (one_iter, model)
+        else:
+            del one_iter, model, ow
+        if device.type == 'cuda' and args.iters > 0:
             model.cpu()
         print(f'[{name}] peak {format_bytes(peak)}  {desc}', flush=True)
 
@@ -246,13 +251,13 @@ def run(argv=None) -> List[dict]:
             r['times'].append(time.perf_counter() - t0)
             r['cpu_times'].append(time.process_time() - c0)
     base = results[0]
-    base_t, base_c = statistics.median(base['times']), statistics.median(base['cpu_times'])
     for r in results:
-        r['sec_per_iter'] = statistics.median(r['times'])
-        r['cpu_sec_per_iter'] = statistics.median(r['cpu_times'])
         r['memory_ratio'] = r['peak_bytes'] / base['peak_bytes']
-        r['time_ratio'] = r['sec_per_iter'] / base_t
-        r['cpu_time_ratio'] = r['cpu_sec_per_iter'] / base_c
+        if args.iters > 0:
+            r['sec_per_iter'] = statistics.median(r['times'])
+            r['cpu_sec_per_iter'] = statistics.median(r['cpu_times'])
+            r['time_ratio'] = r['sec_per_iter'] / statistics.median(base['times'])
+            r['cpu_time_ratio'] = r['cpu_sec_per_iter'] / statistics.median(base['cpu_times'])
 
     meta = dict(config=args.config, device=str(device), batch_size=batch_size, input_size=list(input_size), data=args.data,
                 iters=args.iters, torch=torch.__version__, threads=torch.get_num_threads(),
@@ -276,19 +281,27 @@ def print_table(results: List[dict], meta: dict) -> None:
     print(head)
     print('-' * len(head))
     for r in results:
-        print(f"{r['name']:<24}{r['k']:>3}{format_bytes(r['peak_bytes']):>14}{r['memory_ratio']:>8.1%}"
-              f"{r['sec_per_iter']:>10.3f}{r['time_ratio']:>8.2f}x{r['cpu_sec_per_iter']:>12.3f}{r['cpu_time_ratio']:>8.2f}x")
+        line = f"{r['name']:<24}{r['k']:>3}{format_bytes(r['peak_bytes']):>14}{r['memory_ratio']:>8.1%}"
+        if 'sec_per_iter' in r:
+            line += (f"{r['sec_per_iter']:>10.3f}{r['time_ratio']:>8.2f}x{r['cpu_sec_per_iter']:>12.3f}"
+                     f"{r['cpu_time_ratio']:>8.2f}x")
+        else:
+            line += f"{'-':>10}{'-':>9}{'-':>12}{'-':>9}"
+        print(line)
 
 
 def plot(results: List[dict], meta: dict, path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    timed = all('sec_per_iter' in r for r in results)
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(10 if timed else 6, 4), squeeze=False)
+    axes = axes[0]
     names = [r['name'] for r in results]
-    mem = [r['peak_bytes'] / 2**20 for r in results]
-    sec = [r['sec_per_iter'] for r in results]
-    for ax, vals, label in ((axes[0], mem, 'peak training memory (MiB)'), (axes[1], sec, 'seconds / iteration')):
+    panels = [(axes[0], [r['peak_bytes'] / 2**20 for r in results], 'peak training memory (MiB)')]
+    if timed:
+        panels.append((axes[1], [r['sec_per_iter'] for r in results], 'seconds / iteration'))
+    for ax, vals, label in panels:
         bars = ax.bar(names, vals, color=['tab:gray'] + ['tab:blue'] * (len(names) - 1))
         for b, r, v in zip(bars, results, vals):
             ratio = r['memory_ratio'] if 'memory' in label else r['time_ratio']
