@@ -72,12 +72,13 @@ class Job:
             self.lines.append(line)
             if SHOW.search(line):
                 print(f'[{self.tag}] {line[line.find(" - ") + 3:] if " - mmengine - " in line else line}', flush=True)
+        self._t_end = time.time()  # output closed: the run has ended
 
     def wait(self) -> int:
         _, status, usage = os.wait4(self._proc.pid, 0)  # like Popen.wait, plus the CPU time used
         self.rc = self._proc.returncode = os.waitstatus_to_exitcode(status)
         self._reader.join()
-        self.seconds = time.time() - self._t0
+        self.seconds = self._t_end - self._t0
         self.cpu_seconds = usage.ru_utime + usage.ru_stime
         return self.rc
 
