@@ -21,6 +21,17 @@ def tiny_cls_root(tmp_path_factory):
                                           image_size=32, seed=0))
 
 
+@pytest.fixture(autouse=True)
+def _restore_default_scope():
+    """A test that calls ``init_default_scope('mmseg')`` must not change the scope of later tests."""
+    from mmengine.registry import DefaultScope
+    before = list(DefaultScope._instance_dict)
+    yield
+    for name in list(DefaultScope._instance_dict):
+        if name not in before:
+            del DefaultScope._instance_dict[name]
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
