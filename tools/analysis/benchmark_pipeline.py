@@ -18,9 +18,9 @@ Throughput is measured in steady state (after ``--warmup`` iterations) on the la
 the peak of live tensors of one iteration per process (CPU; allocator peak on CUDA), including
 parameters, gradients and optimizer state. Writes ``benchmark_pipeline.json`` / ``.png``.
 
-``--split``: ``equal`` (block counts: for CIFAR ResNets, whose blocks cost the same FLOPs, this
-balances compute), ``balanced`` (the split's memory-balanced cuts: early cuts, unbalanced compute)
-or ``time`` (cuts minimising the slowest stage's measured forward+backward time).
+``--split``: ``time`` (default: cuts minimising the slowest stage's measured forward+backward time,
+what a pipeline needs), ``equal`` (block counts: equal FLOPs for CIFAR ResNets, but not equal CPU
+time) or ``balanced`` (the split's memory-balanced cuts: early cuts, unbalanced compute).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--rounds', type=int, default=2)
     p.add_argument('--baseline-threads', type=int, nargs='+', default=[1, 2])
-    p.add_argument('--split', choices=['equal', 'balanced', 'time'], default='equal')
+    p.add_argument('--split', choices=['equal', 'balanced', 'time'], default='time')
     p.add_argument('--no-memory', action='store_true', help='skip the live-tensor memory probe')
     p.add_argument('--out-dir', default=None)
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
