@@ -71,15 +71,6 @@ def reference_run(config, micro_batches, iters, replicas=1, options=None, accumu
     """The single-process PerModuleBackward run on the same data and micro-batches: gradients
     accumulated over the micro-batches (of every replica), one optimizer step per global batch
     (or per ``accumulate`` micro-batches)."""
-    import copy
-
-    from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import set_random_seed
-
-    from localvision.engine.pipeline import build_model, build_train_loader, split_micro
-    from localvision.utils.config import load_config
-    from localvision.utils.setup_env import register_all_modules
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each stage: the same float order (the results are then bit-identical)
     try:

@@ -1,5 +1,4 @@
 """Pipeline settings that cannot work are rejected before anything starts, with one clear line."""
-import re
 import sys
 
 import pytest

@@ -66,4 +66,5 @@ def test_a_failing_module_stops_every_rank_within_seconds(tiny_cls_root, tmp_pat
         else:
             assert 'broke on purpose' in out and 'stopping:' in out, out[-3000:]
     if not die:
-        assert 'stage 1 (module 1: blocks' in outs[1] and 'failed at iteration 2, micro-batch 1' in outs[1], outs[1][-3000:]
+        own = outs[1]
+        assert 'stage 1 (module 1: blocks' in own and 'failed at iteration 2, micro-batch 1' in own, own[-3000:]

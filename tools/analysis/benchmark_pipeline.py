@@ -299,7 +299,8 @@ def plot(rows, meta, path):
             if b:
                 ax2.bar(x, b / 2**20, color='tab:blue' if 'pipeline' in r['name'] else 'tab:gray')
             ticks.append(x)
-            labels.append(f"{r['name'].split()[0]} {'stage ' + str(i) if 'pipeline' in r['name'] else r['name'].split()[1]}")
+            what = f'stage {i}' if 'pipeline' in r['name'] else r['name'].split()[1]
+            labels.append(f"{r['name'].split()[0]} {what}")
             x += 1
         x += 0.5
     ax2.set_xticks(ticks)

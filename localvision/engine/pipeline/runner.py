@@ -389,7 +389,8 @@ class PipelineRunner:
             return
         folder = ckpt_io.iter_dir(self.work_dir, iteration)
         os.makedirs(folder, exist_ok=True)
-        payload = dict(stage=self.stage, iteration=iteration, state_dict=owned_state(self.model, self.key_owner, self.stage),
+        payload = dict(stage=self.stage, iteration=iteration,
+                       state_dict=owned_state(self.model, self.key_owner, self.stage),
                        optimizer=self.optim_wrapper.state_dict(),
                        param_schedulers=[s.state_dict() for s in self.schedulers], rng=rngs)
         ckpt_io.save_torch(payload, osp.join(folder, ckpt_io.stage_file(self.stage)))
