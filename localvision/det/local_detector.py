@@ -40,10 +40,6 @@ LEVELS_KEY = 'det.levels'
 BACKBONE_DET_KEYS = ('frozen_stages', 'norm_eval')
 
 
-def _as_list(v) -> List[int]:
-    return [int(i) for i in v] if isinstance(v, (list, tuple)) else [int(v)]
-
-
 def _sum_means(out) -> Tensor:
     """A scalar from nested head outputs (for the split's dry run)."""
     if isinstance(out, Tensor):
@@ -74,7 +70,7 @@ class LocalDetectorMixin(LocalLearningModel):
         self.norm_eval = bool(backbone.pop('norm_eval', False))
         backbone.setdefault('num_classes', 0)
         self.backbone = StagedTimm(split=split, **backbone)
-        self.level_blocks = self._level_blocks(out_indices, out_blocks)
+        self.level_blocks = self.backbone.level_blocks(out_indices, out_blocks)
         self._freeze_stages()
 
     def _fill_neck(self, neck: Optional[dict]) -> Optional[dict]:
@@ -114,25 +110,6 @@ class LocalDetectorMixin(LocalLearningModel):
         raise NotImplementedError
 
     # -- levels ------------------------------------------------------------------------------
-    def _level_blocks(self, out_indices, out_blocks) -> List[int]:
-        seq = self.backbone.seq
-        if out_blocks is not None:
-            blocks = _as_list(out_blocks)
-            bad = [b for b in blocks if not 0 <= b < len(seq)]
-            if bad:
-                raise InputError(f'model.out_blocks={blocks} names blocks {bad} that {self.backbone.model_name} '
-                                 f'does not have; allowed: 0..{len(seq) - 1}')
-            return blocks
-        last_of_stage: Dict[int, int] = {}
-        for info in seq.infos:
-            last_of_stage[info.stage] = info.index
-        stages = _as_list(out_indices) if out_indices is not None else sorted(s for s in last_of_stage if s > 0)
-        bad = [s for s in stages if s not in last_of_stage]
-        if bad:
-            raise InputError(f'model.out_indices={stages} names stages {bad} that {self.backbone.model_name} '
-                             f'does not have; allowed: {sorted(last_of_stage)}')
-        return [last_of_stage[s] for s in stages]
-
     def level_channels(self) -> List[int]:
         return [self.backbone.seq.infos[b].num_chs for b in self.level_blocks]
 
@@ -153,15 +130,9 @@ class LocalDetectorMixin(LocalLearningModel):
             return [n - 1]
         return list(range(n))
 
-    def _unit_of_block(self, b: int) -> int:
-        for k, r in enumerate(self.backbone.module_ranges()):
-            if b in r:
-                return k
-        raise AssertionError(b)
-
     def level_units(self) -> List[int]:
         """Which unit produces each level."""
-        return [self._unit_of_block(b) for b in self.level_blocks]
+        return [self.backbone.module_of_block(b) for b in self.level_blocks]
 
     def _check_levels(self) -> None:
         if not self.with_neck:

@@ -72,7 +72,7 @@ class LocalEncoderDecoder(EncoderDecoder):
         backbone = {k: v for k, v in dict(backbone).items() if k not in ('type', 'features_only', 'out_indices')}
         backbone.setdefault('num_classes', 0)
         self.backbone = StagedTimm(split=split, **backbone)
-        self.level_blocks = self._level_blocks(out_indices, out_blocks)
+        self.level_blocks = self.backbone.level_blocks(out_indices, out_blocks)
         if neck is not None:
             self.neck = MODELS.build(neck)
         else:  # the heads' in_channels follow the backbone, so swapping it is one line
@@ -105,25 +105,6 @@ class LocalEncoderDecoder(EncoderDecoder):
         self._check_decode_levels()
 
     # -- levels ----------------------------------------------------------------------------
-    def _level_blocks(self, out_indices, out_blocks) -> List[int]:
-        seq = self.backbone.seq
-        if out_blocks is not None:
-            blocks = _as_list(out_blocks)
-            bad = [b for b in blocks if not 0 <= b < len(seq)]
-            if bad:
-                raise InputError(f'model.out_blocks={blocks} names blocks {bad} that {self.backbone.model_name} '
-                                 f'does not have; allowed: 0..{len(seq) - 1}')
-            return blocks
-        last_of_stage: Dict[int, int] = {}
-        for info in seq.infos:
-            last_of_stage[info.stage] = info.index
-        stages = _as_list(out_indices) if out_indices is not None else sorted(s for s in last_of_stage if s > 0)
-        bad = [s for s in stages if s not in last_of_stage]
-        if bad:
-            raise InputError(f'model.out_indices={stages} names stages {bad} that {self.backbone.model_name} '
-                             f'does not have; allowed: {sorted(last_of_stage)}')
-        return [last_of_stage[s] for s in stages]
-
     def level_channels(self) -> List[int]:
         return [self.backbone.seq.infos[b].num_chs for b in self.level_blocks]
 
@@ -170,15 +151,9 @@ class LocalEncoderDecoder(EncoderDecoder):
                                  f'the backbone produces {n} levels (blocks {self.level_blocks}); allowed: '
                                  f'0..{n - 1} (set model.out_indices / model.out_blocks for other levels)')
 
-    def _unit_of_block(self, b: int) -> int:
-        for k, r in enumerate(self.backbone.module_ranges()):
-            if b in r:
-                return k
-        raise AssertionError(b)
-
     def level_units(self) -> List[int]:
         """Which unit produces each level."""
-        return [self._unit_of_block(b) for b in self.level_blocks]
+        return [self.backbone.module_of_block(b) for b in self.level_blocks]
 
     def _check_decode_levels(self) -> None:
         if self.num_units == 1 or self.with_neck:

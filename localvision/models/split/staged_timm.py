@@ -125,6 +125,34 @@ class StagedTimm(nn.Module):
             params.extend(p for p in self.model.parameters() if id(p) not in in_blocks)
         return params
 
+    def level_blocks(self, out_indices: Optional[Sequence[int]] = None,
+                     out_blocks: Optional[Sequence[int]] = None) -> List[int]:
+        """Flat block indices of a task model's feature levels: the blocks ``out_blocks``, or the
+        last block of each stage in ``out_indices`` (default: every stage after the stem)."""
+        seq = self.seq
+        if out_blocks is not None:
+            blocks = [int(b) for b in out_blocks]
+            bad = [b for b in blocks if not 0 <= b < len(seq)]
+            if bad:
+                raise InputError(f'model.out_blocks={blocks} names blocks {bad} that {self.model_name} '
+                                 f'does not have; allowed: 0..{len(seq) - 1}')
+            return blocks
+        last_of_stage: Dict[int, int] = {info.stage: info.index for info in seq.infos}
+        stages = ([int(s) for s in out_indices] if out_indices is not None
+                  else sorted(s for s in last_of_stage if s > 0))
+        bad = [s for s in stages if s not in last_of_stage]
+        if bad:
+            raise InputError(f'model.out_indices={stages} names stages {bad} that {self.model_name} '
+                             f'does not have; allowed: {sorted(last_of_stage)}')
+        return [last_of_stage[s] for s in stages]
+
+    def module_of_block(self, b: int) -> int:
+        """The module that runs flat block ``b``."""
+        for k, r in enumerate(self.module_ranges()):
+            if b in r:
+                return k
+        raise ValueError(f'block {b} is not in any module of {self.model_name}')
+
     def out_channels(self, k: int) -> int:
         """Channels of the map module k hands on (and shows its auxiliary net)."""
         return self.seq.infos[self.module_ranges()[k][-1]].num_chs
