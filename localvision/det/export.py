@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from localvision.errors import InputError
+from localvision.utils.export import save_stock_checkpoint, stock_config
 
 LOCAL_KEYS = ('split', 'out_indices', 'out_blocks', 'local_objective', 'executor')
 LOCAL_TYPES = {'LocalSingleStageDetector': 'SingleStageDetector', 'LocalTwoStageDetector': 'TwoStageDetector'}
@@ -129,7 +130,6 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
 
 def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str, str]:
     """Build the model of ``cfg``, load ``checkpoint``, write the stock checkpoint (and config)."""
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
     from mmdet.registry import MODELS
@@ -141,16 +141,8 @@ def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str,
     model = MODELS.build(cfg.model)
     stock_model = stock_model_cfg(cfg.model.to_dict(), model)  # refuses unsupported backbones before loading
     ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    state = export_state_dict(model)
-    meta = dict(ckpt.get('meta', {})) if isinstance(ckpt, dict) else {}
-    meta['exported_by'] = 'localvision tools/export_checkpoint.py'
-    torch.save(dict(state_dict=state, meta=meta), out)
-    if out_config is None:
-        out_config = out.rsplit('.', 1)[0] + '_config.py'
-    stock = Config(copy.deepcopy(cfg._cfg_dict.to_dict()))
-    stock.model = stock_model
-    stock.pop('custom_imports', None)
-    stock.pop('model_wrapper_cfg', None)
+    meta = save_stock_checkpoint(export_state_dict(model), ckpt, out)
+    stock, out_config = stock_config(cfg, stock_model, out, out_config)
     classes = (meta.get('dataset_meta') or {}).get('classes')
     if classes is None:
         from mmdet.registry import DATASETS

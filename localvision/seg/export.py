@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from localvision.errors import InputError
+from localvision.utils.export import save_stock_checkpoint, stock_config
 
 LOCAL_KEYS = ('split', 'out_indices', 'out_blocks', 'local_objective', 'context', 'executor')
 
@@ -86,7 +87,6 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
 
 def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str, str]:
     """Build the model of ``cfg``, load ``checkpoint``, write the stock checkpoint (and config)."""
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
     from mmseg.registry import MODELS
@@ -96,15 +96,9 @@ def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str,
     if cfg.model.get('type') != 'LocalEncoderDecoder':
         raise InputError(f"model.type={cfg.model.get('type')!r}: only LocalEncoderDecoder models are exported")
     model = MODELS.build(cfg.model)
+    stock_model = stock_model_cfg(cfg.model.to_dict(), model)  # refuses unsupported backbones before loading
     ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    state = export_state_dict(model)
-    meta = dict(ckpt.get('meta', {})) if isinstance(ckpt, dict) else {}
-    meta['exported_by'] = 'localvision tools/export_checkpoint.py'
-    torch.save(dict(state_dict=state, meta=meta), out)
-    if out_config is None:
-        out_config = out.rsplit('.', 1)[0] + '_config.py'
-    stock = Config(copy.deepcopy(cfg._cfg_dict.to_dict()))
-    stock.model = stock_model_cfg(cfg.model.to_dict(), model)
-    stock.pop('custom_imports', None)
+    save_stock_checkpoint(export_state_dict(model), ckpt, out)
+    stock, out_config = stock_config(cfg, stock_model, out, out_config)
     stock.dump(out_config)
     return out, out_config
