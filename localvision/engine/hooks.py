@@ -10,7 +10,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
 from localvision.registry import HOOKS
-from localvision.utils.memory import LiveTensorMemoryTracker, format_bytes
+from localvision.utils.memory import PeakMemory, format_bytes
 
 
 @HOOKS.register_module()
@@ -33,43 +33,31 @@ class PeakMemoryHook(Hook):
         if at_iter < 1:
             raise ValueError(f'PeakMemoryHook.at_iter={at_iter} must be >= 1 (iteration 0 creates the optimizer state)')
         self.at_iter = at_iter
-        self._tracker: Optional[LiveTensorMemoryTracker] = None
-        self._device: Optional[torch.device] = None
+        self._peak: Optional[PeakMemory] = None
         self.peak_bytes: Optional[int] = None
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if runner.iter != self.at_iter:
             return
         params = list(runner.model.parameters())
-        self._device = params[0].device if params else torch.device('cpu')
-        if self._device.type == 'cuda':
-            torch.cuda.synchronize(self._device)
-            torch.cuda.reset_peak_memory_stats(self._device)
-            return
+        device = params[0].device if params else torch.device('cpu')
         optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
         baseline = [runner.model] + ([optimizer] if optimizer is not None else []) + [data_batch]
-        self._tracker = LiveTensorMemoryTracker(baseline=baseline)
-        self._tracker.__enter__()
+        self._peak = PeakMemory(device, baseline).__enter__()
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._device is None:  # not the measured iteration
+        if self._peak is None:  # not the measured iteration
             return
-        device, self._device = self._device, None
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-            peak = int(torch.cuda.max_memory_allocated(device))
-        else:
-            self._tracker.__exit__(None, None, None)
-            peak = self._tracker.peak_by_device.get(device.type, 0)
-            self._tracker = None
-        self.peak_bytes = peak
-        runner.message_hub.update_info('train/peak_memory_bytes', peak)
-        runner.logger.info(f'peak training memory (iteration {self.at_iter}): {format_bytes(peak)}')
+        peak, self._peak = self._peak, None
+        peak.__exit__(None, None, None)
+        self.peak_bytes = peak.peak_bytes
+        runner.message_hub.update_info('train/peak_memory_bytes', peak.peak_bytes)
+        runner.logger.info(f'peak training memory (iteration {self.at_iter}): {format_bytes(peak.peak_bytes)}')
         if is_main_process():
             with open(osp.join(runner.work_dir, 'peak_memory.json'), 'w') as f:
-                json.dump(dict(peak_bytes=peak, iteration=self.at_iter, device=str(device)), f)
+                json.dump(dict(peak_bytes=peak.peak_bytes, iteration=self.at_iter, device=str(peak.device)), f)
 
     def after_train(self, runner) -> None:
-        if self._tracker is not None:  # training stopped inside the measured iteration
-            self._tracker.__exit__(None, None, None)
-            self._tracker = None
+        if self._peak is not None:  # training stopped inside the measured iteration
+            self._peak.__exit__(None, None, None)
+            self._peak = None

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["LiveTensorMemoryTracker", "measure_peak_memory", "format_bytes"]
+__all__ = ["LiveTensorMemoryTracker", "PeakMemory", "measure_peak_memory", "format_bytes"]
 
 
 class _StorageRef(weakref.ref):
@@ -182,24 +182,44 @@ class LiveTensorMemoryTracker(TorchDispatchMode):
                 self._current -= ref.nbytes
 
 
-def measure_peak_memory(fn: Callable[[], Any], *, device: str | torch.device, baseline: Iterable[Any] | Any = ()) -> int:
-    """Peak bytes of live tensors on ``device`` while running ``fn()``.
+class PeakMemory:
+    """Context manager: peak bytes of live tensors on ``device`` while inside (``.peak_bytes``).
 
-    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak (everything
-    allocated on the device counts, so ``baseline`` is ignored). Other devices:
-    :class:`LiveTensorMemoryTracker` with ``baseline`` (pass model, optimizer and any
-    input tensors that exist before ``fn`` is called).
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak (everything allocated on
+    the device counts, so ``baseline`` is ignored). Other devices:
+    :class:`LiveTensorMemoryTracker` with ``baseline`` (pass model, optimizer and any input
+    tensors that exist before entering).
     """
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+
+    def __init__(self, device: str | torch.device, baseline: Iterable[Any] | Any = ()) -> None:
+        self.device = torch.device(device)
+        self.baseline = baseline
+        self.peak_bytes = 0
+        self._tracker: LiveTensorMemoryTracker | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._tracker = LiveTensorMemoryTracker(baseline=self.baseline).__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._tracker.__exit__(*exc)
+            self.peak_bytes = self._tracker.peak_by_device.get(self.device.type, 0)
+            self._tracker = None
+
+
+def measure_peak_memory(fn: Callable[[], Any], *, device: str | torch.device, baseline: Iterable[Any] | Any = ()) -> int:
+    """Peak bytes of live tensors on ``device`` while running ``fn()`` (see :class:`PeakMemory`)."""
+    with PeakMemory(device, baseline) as peak:
         fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
-    with LiveTensorMemoryTracker(baseline=baseline) as tracker:
-        fn()
-    return tracker.peak_by_device.get(device.type, 0)
+    return peak.peak_bytes
 
 
 def format_bytes(n: float) -> str:
