@@ -39,8 +39,8 @@ def test_checkpoint_layout_and_export(uninterrupted, tmp_path):
     manifest = json.load(open(osp.join(root, 'iter_4', 'manifest.json')))
     assert (manifest['iteration'], manifest['epoch'], manifest['num_stages'], manifest['cuts']) == (4, 1, 2, [5])
     assert open(osp.join(root, 'last')).read().endswith('iter_8/manifest.json')
-    stage_keys = [set(torch.load(osp.join(root, 'iter_4', f'stage{k}.pth'), weights_only=False)['state_dict'])
-                  for k in range(2)]
+    from localvision.engine.pipeline.checkpoint import load_torch
+    stage_keys = [set(load_torch(osp.join(root, 'iter_4', f'stage{k}.pth'))['state_dict']) for k in range(2)]
     assert not stage_keys[0] & stage_keys[1] and stage_keys[0] | stage_keys[1] == set(manifest['keys'])
     assert any(k.startswith('objectives.0.') for k in stage_keys[0])
     assert any(k.startswith('backbone.model.fc.') for k in stage_keys[1])
