@@ -16,7 +16,7 @@ from mmengine.runner import Runner  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
-from localvision.utils.device import init_dist_without_cuda  # noqa: E402
+from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -48,6 +48,7 @@ def main(argv=None):
         metrics = runner.test()
     except InputError as e:
         raise SystemExit(f'error: {e}') from None
+    finish_dist()
     if args.out:
         import json
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

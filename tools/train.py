@@ -16,7 +16,7 @@ from mmengine.runner import Runner  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
-from localvision.utils.device import init_dist_without_cuda  # noqa: E402
+from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -102,6 +102,7 @@ def train(cfg: Config):
              if k.startswith('val/') and not k.endswith('time')}
     if final:
         runner.logger.info('final validation metrics: ' + ', '.join(f'{k}: {v:.2f}' for k, v in final.items()))
+    finish_dist()
     return runner
 
 

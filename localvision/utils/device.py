@@ -51,3 +51,16 @@ def init_dist_without_cuda(launcher: str, backend: str = 'gloo') -> None:
     elif launcher != 'pytorch':
         raise InputError(f"--launcher {launcher} needs CUDA here; on CPU use 'pytorch' (torchrun) or 'slurm'")
     dist.init_process_group(backend=backend)
+
+
+def finish_dist() -> None:
+    """End a successful distributed run: wait for every rank, then destroy the process group.
+
+    Leaving the group to interpreter teardown lets the gloo backend's threads be torn down while
+    a peer is still closing its connections, which can abort a finished run ("terminate called
+    without an active exception"). Call only on success: a barrier with a dead peer would block.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
