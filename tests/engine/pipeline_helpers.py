@@ -91,7 +91,7 @@ def _reference(config, micro_batches, iters, replicas, options, accumulate):
     from localvision.utils.setup_env import register_all_modules
     cfg = load_config(config, options or None)
     register_all_modules(init_default_scope=False)
-    init_default_scope('localvision')
+    init_default_scope(cfg.get('default_scope', 'localvision'))  # as each stage (PipelineRunner.setup)
     set_random_seed(0)
     model = build_model(cfg)
     model.train()
