@@ -55,8 +55,8 @@ def spawn(config, work_dir, world, options=None):
     mp.spawn(_worker, args=(world, free_port(), config, work_dir, options), nprocs=world, join=True)
 
 
-def torchrun(config, nproc, *args, timeout=240):
-    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable)
+def torchrun(config, nproc, *args, timeout=240, env_extra=None):
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable, **(env_extra or {}))
     return subprocess.run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), config, str(nproc), *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 

@@ -3,7 +3,8 @@
 A run saves one file per module plus a manifest every 2 iterations; runs resumed from a
 mid-epoch checkpoint and from an epoch-boundary one (random crops and flips: the data order and
 the augmentation RNG must be restored too) end with exactly the parameters of the uninterrupted
-run. The export is the ordinary single-file checkpoint that tools/test.py evaluates.
+run, validation during training included. The export is the ordinary single-file checkpoint that
+tools/test.py evaluates.
 """
 import json
 import os
@@ -51,6 +52,12 @@ def test_checkpoint_layout_and_export(uninterrupted, tmp_path):
     assert set(load_state(out)) == set(manifest['keys'])
     metrics = test_tool.main([cfg, osp.join(work, 'epoch_2.pth'), '--work-dir', str(tmp_path / 't')])
     assert 0 <= metrics['accuracy/top1'] <= 100
+    # validation during training (val_interval=1: after epoch 1 = iteration 4) evaluated the
+    # weights of that iteration exactly as tools/test.py does on their export
+    val = [json.loads(line) for line in open(osp.join(work, 'pipeline_logs', 'val.jsonl'))]
+    assert [r['iter'] for r in val] == [4]
+    at4 = test_tool.main([cfg, out, '--work-dir', str(tmp_path / 't4')])
+    assert val[0]['accuracy/top1'] == pytest.approx(at4['accuracy/top1'])
 
 
 @pytest.mark.parametrize('resume_at', [2, 4], ids=['mid-epoch', 'epoch-boundary'])

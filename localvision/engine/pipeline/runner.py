@@ -20,6 +20,18 @@ Schedules (``pipeline.schedule``):
 Both run under the bounded queue of :mod:`.transport`: stage k is at most ``queue_size``
 micro-batches ahead of stage k+1. With ``replicas`` R > 1 the K x R ranks form a grid; the R ranks
 of a stage all-reduce that stage's gradients before each step (data parallelism per stage).
+
+**Interrupt.** Ctrl-C or SIGTERM (torchrun passes either on to every rank; a signal that reaches
+one rank is spread by the watchdog) does not kill a stage: stage 0 finishes the iteration in
+progress and sends a *stop* message down the pipeline instead of the next micro-batch; every stage
+drains what is in flight, reaches the same iteration boundary, and saves its checkpoint there, so
+``--resume`` continues with nothing lost.
+
+**Validation** follows ``train_cfg.val_interval`` (epochs, or iterations for iteration-based
+training) and ``val_begin``: at such a boundary every stage saves its checkpoint, and the last
+stage of replica 0 merges the stage files into a full model and evaluates it with
+``val_dataloader`` / ``val_evaluator`` while the other stages run ahead as far as the queues allow.
+The final validation is that of the exported checkpoint (``pipeline.val_at_end``).
 """
 from __future__ import annotations
 
@@ -30,7 +42,9 @@ import math
 import os
 import os.path as osp
 import random
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -188,6 +202,10 @@ class PipelineRunner:
         self.where = f'rank {self.rank}'
         self.position = (None, None)
         self.summary: Dict[str, Any] = {}
+        self.stop_signal: Optional[str] = None  # a signal that arrived before the watchdog existed
+        self.interrupted_at: Optional[int] = None
+        self._saved_at: Optional[int] = None
+        self._val = None  # (data loader, evaluator), built at the first validation
 
     # -- set-up ----------------------------------------------------------------------------
     def _describe_rank(self, rank: int) -> str:
@@ -220,6 +238,8 @@ class PipelineRunner:
         self.stage = self.topo.stage
         self.where = self._describe_rank(self.rank)
         self.watchdog = Watchdog(self.rank, self.world, self._describe_rank, pc.heartbeat_timeout).start()
+        if self.stop_signal is not None:
+            self.watchdog.request_stop(self.stop_signal)
         self.all_keys = list(model.state_dict().keys())
 
         # resume: which iteration, this stage's saved state
@@ -384,6 +404,7 @@ class PipelineRunner:
         return out
 
     def save_checkpoint(self, iteration: int) -> None:
+        self._saved_at = iteration
         rngs = self._gather_rng()
         if self.topo.replica != 0:
             return
@@ -407,6 +428,81 @@ class PipelineRunner:
             keep = (self.cfg.get('default_hooks') or {}).get('checkpoint', {}) or {}
             ckpt_io.prune(self.work_dir, keep.get('max_keep_ckpts', -1))
 
+    def _is_val_point(self, done: int) -> bool:
+        """Validate after iteration ``done`` (``train_cfg.val_interval`` / ``val_begin``; the end
+        of training is validated on the exported checkpoint instead)."""
+        train_cfg = dict(self.cfg.get('train_cfg') or {})
+        if done >= self.total_iters or not (self.cfg.get('val_dataloader') and self.cfg.get('val_evaluator')):
+            return False
+        interval, begin = int(train_cfg.get('val_interval', 1)), int(train_cfg.get('val_begin', 1))
+        if self.by_epoch:
+            epoch, within = divmod(done, self.ipe)
+            return within == 0 and epoch >= begin and epoch % interval == 0
+        return done >= begin and done % interval == 0
+
+    @property
+    def validates(self) -> bool:
+        """This rank runs the validations: the last stage (it reaches a boundary last) of replica 0."""
+        return self.topo.is_last and self.topo.replica == 0
+
+    def validate_now(self, iteration: int) -> Dict[str, float]:
+        """Merge the stage checkpoints of ``iteration`` into a full model and evaluate it on
+        ``val_dataloader`` (RNG state untouched, the full model freed afterwards)."""
+        from mmengine.evaluator import Evaluator
+        from mmengine.registry import MODELS
+        from mmengine.runner import Runner
+        manifest = osp.join(ckpt_io.iter_dir(self.work_dir, iteration), ckpt_io.MANIFEST)
+        deadline = time.time() + 600
+        while not osp.isfile(manifest):  # the other stages' files of this iteration
+            self.watchdog.check_abort()
+            if time.time() > deadline:
+                raise RuntimeError(f'the checkpoint of iteration {iteration} was not completed within 10 minutes')
+            time.sleep(0.05)
+        rng = _rng_state()
+        t0 = time.perf_counter()
+        try:
+            if self._val is None:
+                loader_cfg = copy.deepcopy(self.cfg.val_dataloader)
+                shuffle = dict(loader_cfg.get('sampler') or {}).get('shuffle', False)
+                # the whole set on this one rank (DefaultSampler would take this rank's shard of K x R)
+                loader_cfg['sampler'] = dict(type=ReplicaSampler, shuffle=shuffle, seed=self.seed, rank=0,
+                                             world_size=1)
+                loader = Runner.build_dataloader(loader_cfg, seed=self.seed)
+                evaluator = Evaluator(copy.deepcopy(self.cfg.val_evaluator))
+                evaluator.dataset_meta = getattr(loader.dataset, 'metainfo', None)
+                self._val = (loader, evaluator)
+            loader, evaluator = self._val
+            model = MODELS.build(copy.deepcopy(self.cfg.model))
+            model.load_state_dict(ckpt_io.merged_state_dict(manifest))
+            model.to(self.device).eval()
+            with torch.no_grad():
+                for batch in loader:
+                    evaluator.process(data_samples=model.val_step(batch), data_batch=batch)
+            metrics: Dict[str, float] = {}
+            for metric in evaluator.metrics:  # BaseMetric.evaluate without collect_results: one rank evaluates
+                res = metric.compute_metrics(metric.results)
+                metric.results.clear()
+                metrics.update({(f'{metric.prefix}/{k}' if metric.prefix else k): float(v) for k, v in res.items()})
+            del model
+        finally:
+            _set_rng_state(rng)
+        body = '  '.join(f'{k}: {v:.4f}' for k, v in metrics.items())
+        print(f'Pipeline(val) [{iteration}/{self.total_iters}] {body}  time: {time.perf_counter() - t0:.1f} s',
+              flush=True)
+        with open(osp.join(self.log_dir, 'val.jsonl'), 'a') as f:
+            f.write(json.dumps(dict(iter=iteration, **metrics)) + '\n')
+        self.summary.setdefault('val_history', []).append(dict(iter=iteration, **metrics))
+        return metrics
+
+    def _stop_now(self) -> bool:
+        """Stage 0 at an iteration boundary: end the run here? (every replica decides the same)"""
+        stop = self.watchdog.stop_requested is not None
+        if self.topo.replicas > 1:
+            flag = torch.tensor([int(stop)], device=self.comm_device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.topo.dp_group)
+            stop = bool(flag.item())
+        return stop
+
     def _ckpt_every(self) -> int:
         hook = dict((self.cfg.get('default_hooks') or {}).get('checkpoint') or {})
         interval = int(hook.get('interval', 1))
@@ -426,6 +522,7 @@ class PipelineRunner:
                    lr=self.optim_wrapper.get_lr()['lr'][0] if self.optim_wrapper.param_groups else None)
         rec.update({k: v / n for k, v in stats.items()})
         self._jsonl.write(json.dumps(rec) + '\n')
+        self._jsonl.flush()  # readable while training runs
         interval = int(((self.cfg.get('default_hooks') or {}).get('logger') or {}).get('interval', 10))
         if self.topo.replica == 0 and (it % interval == 0 or it == self.total_iters):
             body = '  '.join(f'{k}: {v:.4f}' for k, v in rec.items() if k not in ('iter', 'stage', 'replica'))
@@ -452,6 +549,11 @@ class PipelineRunner:
         for it in range(self.start_iter, self.total_iters):
             t_it = time.perf_counter()
             micro = None
+            if self.topo.is_first and self._stop_now():
+                self.interrupted_at = it
+                if send is not None:
+                    send.send({}, control=dict(stop=it))
+                break
             if self.topo.is_first:
                 t0 = time.perf_counter()
                 batch = self._first_batch if self._first_batch is not None else self._next_batch()
@@ -470,7 +572,12 @@ class PipelineRunner:
                     h = ctx.inputs
                 else:
                     control, msg = recv.get()
-                    if (control['iter'], control['micro']) != (it, j):
+                    if control.get('stop') is not None and (control['stop'], j) == (it, 0):
+                        self.interrupted_at = it
+                        if send is not None:
+                            send.send({}, control=dict(stop=it))
+                        break
+                    if (control.get('iter'), control.get('micro')) != (it, j):
                         raise RuntimeError(f'pipeline out of step: expected iteration {it} micro-batch {j}, '
                                            f'received {control}')
                     ctx = self._context_from(msg)
@@ -499,6 +606,8 @@ class PipelineRunner:
                     for s in self.schedulers:
                         if not s.by_epoch:
                             s.step()
+            if self.interrupted_at is not None:
+                break
             if mem is not None:
                 self.summary['memory'] = self._memory_probe_end(mem)
                 mem = None
@@ -509,9 +618,15 @@ class PipelineRunner:
                         s.step()
             times.append(time.perf_counter())
             self._log(done, stats, M, time.perf_counter() - t_it)
-            if done % every == 0 or done == self.total_iters:
+            val_point = self._is_val_point(done)
+            if done % every == 0 or done == self.total_iters or val_point:
                 self.save_checkpoint(done)
+            if val_point and self.validates:
+                self.validate_now(done)
         self.position = ('end', None)
+        if self.interrupted_at is not None and self.interrupted_at > self.start_iter \
+                and self._saved_at != self.interrupted_at:
+            self.save_checkpoint(self.interrupted_at)  # the same boundary on every stage
         if send is not None:
             send.close()
         if recv is not None:
@@ -524,7 +639,7 @@ class PipelineRunner:
             iter_end_times=[t - t_start for t in times],
             recv_wait_s=recv.wait_s if recv else 0.0, credit_wait_s=send.credit_wait_s if send else 0.0,
             sent_log=send.log if send else [], taken_log=recv.log if recv else [],
-            queue_size=pc.queue_size, freed_bytes=self.freed_bytes,
+            queue_size=pc.queue_size, freed_bytes=self.freed_bytes, interrupted_at=self.interrupted_at,
             owned_param_bytes=sum(p.numel() * p.element_size() for p in self.owned_params))
         with open(osp.join(self.log_dir, f'summary_rank{self.rank}.json'), 'w') as f:
             json.dump(self.summary, f)
@@ -548,8 +663,21 @@ class PipelineRunner:
         return dict(peak_bytes=int(tr.peak_bytes), baseline_bytes=int(tr.baseline_bytes), kind='cpu-live-tensors')
 
     # -- entry ----------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal is None and self.rank == 0:
+            print(f'[pipeline {self.where}] {name}: finishing the iteration in progress, then saving a '
+                  'checkpoint on every stage', file=sys.stderr, flush=True)
+        self.stop_signal = self.stop_signal or name
+        if self.watchdog is not None:
+            self.watchdog.request_stop(name)
+
     def train(self) -> Dict[str, Any]:
         self.last_manifest = None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._on_signal)
         try:
             self.setup()
             self._loop()
@@ -567,6 +695,13 @@ class PipelineRunner:
         self.watchdog.mark_done()
         dist.barrier()
         self.watchdog.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if self.interrupted_at is not None and self.rank == 0:
+            where = (f'saved {ckpt_io.iter_dir(self.work_dir, self.interrupted_at)}'
+                     if self.interrupted_at > self.start_iter else 'nothing new to save')
+            print(f'pipeline: interrupted ({self.watchdog.stop_requested}) at iteration {self.interrupted_at}/'
+                  f'{self.total_iters}: {where}; continue with --resume', file=sys.stderr, flush=True)
         return self.summary
 
     def _fail(self, e: BaseException, primary_wait: float, prefix: str = '') -> None:
@@ -630,6 +765,9 @@ def train_pipeline(cfg) -> Dict[str, Any]:
     runner = PipelineRunner(cfg, pc)
     summary = runner.train()
     rank = dist.get_rank()
+    if runner.interrupted_at is not None:
+        dist.destroy_process_group()
+        raise SystemExit(130)
     manifest = ckpt_io.resolve_manifest('auto', runner.work_dir) if rank == 0 else None
     dist.destroy_process_group()
     if rank == 0 and pc.export:

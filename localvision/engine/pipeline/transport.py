@@ -56,6 +56,10 @@ def pack(obj: Any) -> Tuple[Any, List[Tensor]]:
             return {k: walk(v) for k, v in o.items()}
         if isinstance(o, (list, tuple)) and type(o) in (list, tuple):
             return type(o)(walk(v) for v in o)
+        if hasattr(o, 'cpu') and callable(o.cpu) and not isinstance(o, torch.nn.Module):
+            # data samples (mmengine BaseDataElement) travel pickled: on the CPU, so that unpickling
+            # never touches the sender's GPU; the receiver moves them to its own device
+            return o.cpu()
         return o
     return walk(obj), tensors
 
@@ -189,7 +193,8 @@ class Receiver:
     and returns the credit of each message it hands out.
 
     Args:
-        expected: number of messages to receive (the thread ends after the last one).
+        expected: number of messages to receive (the thread ends after the last one, or after a
+            message whose control has ``stop``: upstream ended the run early).
         device: where the main thread wants the tensors.
         check_abort: called while waiting; raises to abandon the wait (watchdog).
     """
@@ -232,7 +237,10 @@ class Receiver:
     def _loop(self) -> None:
         try:
             for _ in range(self.expected):
-                self._q.put(self._recv_one())
+                item = self._recv_one()
+                self._q.put(item)
+                if item[0].get('stop') is not None:  # upstream stopped early (interrupt): nothing follows
+                    break
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             self._q.put(TransportError(f'receiving from rank {self.src} failed: {type(e).__name__}: {e}', self.src))
 

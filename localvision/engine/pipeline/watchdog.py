@@ -11,6 +11,10 @@ hosts it, so it outlives the workers):
 - every rank writes a heartbeat; a rank whose heartbeat is older than ``heartbeat_timeout``
   (killed, stuck) is reported the same way by the others;
 - a rank that cannot reach the store any more (the process hosting it died) stops too.
+
+It also spreads a *stop request* (Ctrl-C / SIGTERM that reached any rank, see
+:meth:`Watchdog.request_stop`): every rank's :attr:`Watchdog.stop_requested` becomes the reason, and
+stage 0 ends the run at the next iteration boundary with a checkpoint.
 """
 from __future__ import annotations
 
@@ -53,6 +57,9 @@ class Watchdog:
         self._done = False
         self._own_failure = False
         self.abort_message: Optional[str] = None
+        self.stop_requested: Optional[str] = None  # why the run should end early (set by any rank)
+        self._local_stop: Optional[str] = None
+        self._stop_published = False
         self._thread = threading.Thread(target=self._loop, name='lv-pipeline-watchdog', daemon=True)
         # without torchrun's agent, rank 0's process hosts the store: it must outlive the others' reads
         self._leave_lock, self._left = threading.Lock(), False
@@ -87,6 +94,13 @@ class Watchdog:
             if msg is not None or time.time() >= deadline:
                 return msg
             time.sleep(0.1)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask every rank to end the run early (safe to call from a signal handler: only sets a
+        flag; the watchdog thread publishes it)."""
+        if self._local_stop is None:
+            self._local_stop = reason
+            self.stop_requested = self.stop_requested or reason
 
     def check_abort(self) -> None:
         """Raise :class:`PipelineAbort` if the watchdog found a failure elsewhere."""
@@ -160,6 +174,13 @@ class Watchdog:
                         'out of memory or stuck)')
         return None
 
+    def _sync_stop(self, store) -> None:
+        if self._local_stop is not None and not self._stop_published:
+            store.compare_set(self._key('stop'), '', self._local_stop)  # the first request wins
+            self._stop_published = True
+        if self.stop_requested is None and store.check([self._key('stop')]):
+            self.stop_requested = store.get(self._key('stop')).decode()
+
     def _abort(self, message: str) -> None:
         self.abort_message = message
         if self._own_failure:
@@ -175,6 +196,7 @@ class Watchdog:
         while not self._stop.wait(self.interval):
             try:
                 self._store.set(self._key(f'hb/{self.rank}'), str(time.time()))
+                self._sync_stop(self._store)
                 msg = self._earliest(self._store, exclude_self=True)
                 if msg is None and time.time() - last_stale_check > 1.0:
                     last_stale_check = time.time()
