@@ -154,3 +154,25 @@ def _register_test_heads():
 
 
 _register_test_heads()
+
+
+def check_trained_like_reference(config, work, iters, micro_batches, moved, counted):
+    """The export of a sync pipeline run in ``work`` equals the single-process reference; the
+    ``moved`` weights changed from their initial values; the BatchNorm ``counted`` saw every
+    micro-batch. Returns the path of the export."""
+    import json
+    exported = osp.join(work, f'iter_{iters}.pth')
+    assert osp.isfile(exported)
+    ref = reference_run(config, micro_batches=micro_batches, iters=iters)
+    state, ref_state = load_state(exported), ref.state_dict()
+    assert set(state) == set(ref_state)
+    for k, v in ref_state.items():
+        torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f'{k}: {m}')
+    init = reference_run(config, micro_batches=micro_batches, iters=0).state_dict()
+    for k in moved:
+        assert not torch.equal(state[k], init[k]), k
+    for k in counted:
+        assert int(state[k]) == iters * micro_batches, k
+    summary = json.load(open(osp.join(work, 'pipeline_logs', f'summary_rank{ref.num_units - 1}.json')))
+    assert summary['iters'] == iters and summary['micro_batches'] == micro_batches
+    return exported

@@ -8,17 +8,15 @@ accumulated over the same micro-batches. What crosses the cut: the detached acti
 and the detached levels of module 0 the heads of module 1 read. The merged export is the ordinary
 single-file checkpoint, which ``tools/test.py`` evaluates.
 """
-import json
 import os.path as osp
 import sys
 
 import pytest
-import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tests', 'engine'))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
-from pipeline_helpers import load_state, reference_run, spawn  # noqa: E402
+from pipeline_helpers import check_trained_like_reference, spawn  # noqa: E402
 
 BASE = osp.join(ROOT, 'configs/seg/deeplab_infopro_k4_demo.py')
 ITERS = 3
@@ -65,24 +63,11 @@ def test_sync_pipeline_seg_equals_single_process_and_exports(tiny_seg_root, tmp_
     cfg = write_seg_config(tmp_path / 'seg_pipe.py', tiny_seg_root)
     work = str(tmp_path / 'work')
     spawn(cfg, work, 2)
-    exported = osp.join(work, f'iter_{ITERS}.pth')
-    assert osp.isfile(exported)
-
-    ref = reference_run(cfg, micro_batches=2, iters=ITERS)
-    assert ref.num_units == 2
-    state, ref_state = load_state(exported), ref.state_dict()
-    assert set(state) == set(ref_state)
-    for k, v in ref_state.items():
-        torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f'{k}: {m}')
-    # it trained: the weights of both stages moved; BatchNorm counted every micro-batch on both
-    init = reference_run(cfg, micro_batches=2, iters=0).state_dict()
-    for k in ('backbone.model.conv1.weight', 'objectives.0.head.conv.weight', 'backbone.model.layer3.2.conv2.weight',
-              'decode_head.conv_seg.weight', 'auxiliary_head.conv_seg.weight'):
-        assert not torch.equal(state[k], init[k]), k
-    for k in ('backbone.model.bn1.num_batches_tracked', 'backbone.model.layer3.2.bn2.num_batches_tracked'):
-        assert int(state[k]) == ITERS * 2, k
-    summary = json.load(open(osp.join(work, 'pipeline_logs', 'summary_rank1.json')))
-    assert summary['iters'] == ITERS and summary['micro_batches'] == 2
+    exported = check_trained_like_reference(
+        cfg, work, ITERS, 2,
+        moved=('backbone.model.conv1.weight', 'objectives.0.head.conv.weight', 'backbone.model.layer3.2.conv2.weight',
+               'decode_head.conv_seg.weight', 'auxiliary_head.conv_seg.weight'),
+        counted=('backbone.model.bn1.num_batches_tracked', 'backbone.model.layer3.2.bn2.num_batches_tracked'))
 
     import test as test_tool  # tools/test.py
     metrics = test_tool.main([cfg, exported, '--work-dir', str(tmp_path / 'eval')])
