@@ -13,6 +13,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from localvision.engine.interrupt import StopAtIterationHook, StopOnSignal, TrainingInterrupted  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
@@ -63,15 +64,17 @@ def build_cfg(args) -> Config:
     return cfg
 
 
-def save_interrupted(runner) -> None:
-    """On Ctrl-C, keep what was trained: a checkpoint that ``--resume`` picks up."""
-    if getattr(runner, '_train_loop', None) is None or isinstance(runner._train_loop, dict) or runner.iter == 0:
-        return
-    name = f'iter_{runner.iter}_interrupted.pth'
-    runner.save_checkpoint(runner.work_dir, name, save_optimizer=True, save_param_scheduler=True)
+def save_interrupted(runner) -> str:
+    """After :class:`TrainingInterrupted` (raised once an iteration finished, before the loop
+    counted it): save the iterations that finished, so that ``--resume`` continues right after them."""
+    done = runner.iter + 1
+    name = f'iter_{done}_interrupted.pth'
+    # the epoch in progress (LocalEpochBasedTrainLoop skips its batches already trained on resume)
+    runner.save_checkpoint(runner.work_dir, name, meta=dict(epoch=runner.epoch, iter=done),
+                           save_optimizer=True, save_param_scheduler=True)
     with open(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
         f.write(osp.join(runner.work_dir, name))
-    runner.logger.warning(f'interrupted at iteration {runner.iter}: saved {name}; continue with --resume')
+    return name
 
 
 def train(cfg: Config):
@@ -83,21 +86,27 @@ def train(cfg: Config):
             return train_pipeline(cfg)
         except InputError as e:
             raise SystemExit(f'error: {e}' if os.environ.get('RANK', '0') == '0' else 1) from None
-    try:
-        init_dist_without_cuda(cfg.launcher, cfg.env_cfg.dist_cfg.backend)
-        if 'runner_type' in cfg:
-            from mmengine.registry import RUNNERS
-            runner = RUNNERS.build(cfg)
-        else:
-            runner = Runner.from_cfg(cfg)
-        # data sets are built (and checked) when training starts
-        runner.train()
-    except KeyboardInterrupt:
-        if runner is not None:
-            save_interrupted(runner)
-        raise SystemExit(130)
-    except InputError as e:
-        raise SystemExit(f'error: {e}') from None
+    with StopOnSignal(announce=os.environ.get('RANK', '0') == '0') as signals:
+        try:
+            init_dist_without_cuda(cfg.launcher, cfg.env_cfg.dist_cfg.backend)
+            if 'runner_type' in cfg:
+                from mmengine.registry import RUNNERS
+                runner = RUNNERS.build(cfg)
+            else:
+                runner = Runner.from_cfg(cfg)
+            runner.register_hook(StopAtIterationHook(signals))
+            # data sets are built (and checked) when training starts
+            runner.train()
+        except TrainingInterrupted as e:
+            name = save_interrupted(runner)
+            runner.logger.warning(f'interrupted ({e.signal}) after iteration {runner.iter + 1}: saved {name}; '
+                                  'continue with --resume')
+            finish_dist()
+            raise SystemExit(130)
+        except KeyboardInterrupt:  # a second Ctrl-C
+            raise SystemExit('stopped at once (second Ctrl-C): nothing saved since the last checkpoint') from None
+        except InputError as e:
+            raise SystemExit(f'error: {e}') from None
     final = {k[len('val/'):]: v.current() for k, v in runner.message_hub.log_scalars.items()
              if k.startswith('val/') and not k.endswith('time')}
     if final:

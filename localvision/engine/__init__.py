@@ -2,5 +2,7 @@
 from .distributed import LocalDistributedDataParallel, UnitGradSync
 from .executors import JointBackward, PerModuleBackward, uncounted
 from .hooks import PeakMemoryHook
+from .interrupt import LocalEpochBasedTrainLoop, StopAtIterationHook, StopOnSignal, TrainingInterrupted
 
-__all__ = ['PerModuleBackward', 'JointBackward', 'uncounted', 'LocalDistributedDataParallel', 'UnitGradSync', 'PeakMemoryHook']
+__all__ = ['PerModuleBackward', 'JointBackward', 'uncounted', 'LocalDistributedDataParallel', 'UnitGradSync',
+           'PeakMemoryHook', 'LocalEpochBasedTrainLoop', 'StopAtIterationHook', 'StopOnSignal', 'TrainingInterrupted']

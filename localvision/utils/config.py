@@ -28,7 +28,20 @@ def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optiona
     resolve_dist_cfg(cfg)
     if cfg.get('model_wrapper_cfg') is None and _is_local_model(cfg):
         cfg.model_wrapper_cfg = dict(type='LocalDistributedDataParallel')
+    use_resumable_epoch_loop(cfg)
     return cfg
+
+
+def use_resumable_epoch_loop(cfg: Config) -> None:
+    """mmengine's epoch-based training loop -> :class:`~localvision.engine.LocalEpochBasedTrainLoop`
+    (the same loop, which also resumes inside an epoch: an interrupted run continues where it stopped)."""
+    train_cfg = cfg.get('train_cfg')
+    if not train_cfg:
+        return
+    kind = train_cfg.get('type')
+    if kind in ('EpochBasedTrainLoop', 'mmengine.EpochBasedTrainLoop') or (kind is None and train_cfg.get('by_epoch')):
+        train_cfg.pop('by_epoch', None)
+        train_cfg['type'] = 'LocalEpochBasedTrainLoop'
 
 
 def _is_local_model(cfg: Config) -> bool:

@@ -107,29 +107,48 @@ def test_the_getattr_substitute_resolves_only_history_buffer_statistics():
         history_buffer_getattr(os, 'system')
 
 
-def test_ctrl_c_keeps_what_was_trained_and_resume_continues_from_there(tiny_cls_root, tmp_path):
+def test_ctrl_c_stops_after_the_iteration_and_resume_ends_like_the_uninterrupted_run(tiny_cls_root, tmp_path):
+    """A real SIGINT in the middle of epoch 2: the iteration in progress finishes, a checkpoint of
+    exactly the finished iterations is saved, and ``--resume`` (skipping the batches of epoch 2
+    already trained) ends with the parameters of the run that was never interrupted."""
+    import signal
+
     from localvision.registry import HOOKS
 
     @HOOKS.register_module(force=True)
-    class InterruptAfter(Hook):
+    class CtrlCAfter(Hook):
         def __init__(self, iters):
             self.iters = iters
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            if runner.iter == self.iters:  # runner.iter counts finished iterations here
-                raise KeyboardInterrupt
+            if runner.iter + 1 == self.iters:  # the loop counts this iteration after the hooks
+                os.kill(os.getpid(), signal.SIGINT)
 
-    work = str(tmp_path / 'work')
-    cfg = train_tool.build_cfg(train_tool.parse_args([CONFIG, '--work-dir', work] + tiny_options(tiny_cls_root, 2)))
-    cfg.custom_hooks = [dict(type='InterruptAfter', iters=6)]
+    def cfg_for(work, *extra):
+        cfg = train_tool.build_cfg(train_tool.parse_args([CONFIG, '--work-dir', work, *extra]
+                                                         + tiny_options(tiny_cls_root, 2)))
+        cfg.randomness = dict(seed=0)
+        cfg.train_dataloader.dataset.pipeline = [dict(type='LoadImageFromFile'), dict(type='PackClsInputs')]
+        return cfg
+
+    whole, work = str(tmp_path / 'whole'), str(tmp_path / 'work')
+    train_tool.train(cfg_for(whole))
+    cfg = cfg_for(work)
+    assert cfg.train_cfg.type == 'LocalEpochBasedTrainLoop'
+    cfg.custom_hooks = [dict(type='CtrlCAfter', iters=6)]  # 4 iterations per epoch: 2 into epoch 2
     with pytest.raises(SystemExit) as exc:
         train_tool.train(cfg)
     assert exc.value.code == 130
     saved = osp.join(work, 'iter_6_interrupted.pth')
     assert open(osp.join(work, 'last_checkpoint')).read() == saved
-    args = train_tool.parse_args([CONFIG, '--work-dir', work, '--resume'] + tiny_options(tiny_cls_root, 2))
-    runner = Runner.from_cfg(train_tool.build_cfg(args))
-    rec = RecordStart()
-    runner.register_hook(rec)
-    runner.train()
-    assert rec.iter == 6
+    from localvision.utils import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    meta = torch.load(saved, map_location='cpu', weights_only=True)['meta']
+    assert (meta['epoch'], meta['iter']) == (1, 6)
+
+    runner = train_tool.train(cfg_for(work, '--resume'))
+    assert (runner.epoch, runner.iter) == (2, 8)
+    a = torch.load(osp.join(whole, 'epoch_2.pth'), map_location='cpu', weights_only=True)['state_dict']
+    b = torch.load(osp.join(work, 'epoch_2.pth'), map_location='cpu', weights_only=True)['state_dict']
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f'{k}: {m}')

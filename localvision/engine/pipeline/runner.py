@@ -22,7 +22,8 @@ micro-batches ahead of stage k+1. With ``replicas`` R > 1 the K x R ranks form a
 of a stage all-reduce that stage's gradients before each step (data parallelism per stage).
 
 **Interrupt.** Ctrl-C or SIGTERM (torchrun passes either on to every rank; a signal that reaches
-one rank is spread by the watchdog) does not kill a stage: stage 0 finishes the iteration in
+one rank is spread by the watchdog) does not kill a stage
+(:class:`~localvision.engine.interrupt.StopOnSignal`): stage 0 finishes the iteration in
 progress and sends a *stop* message down the pipeline instead of the next micro-batch; every stage
 drains what is in flight, reaches the same iteration boundary, and saves its checkpoint there, so
 ``--resume`` continues with nothing lost.
@@ -42,9 +43,7 @@ import math
 import os
 import os.path as osp
 import random
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections import defaultdict
@@ -55,6 +54,7 @@ import torch
 import torch.distributed as dist
 from mmengine.dataset import DefaultSampler
 
+from localvision.engine.interrupt import StopOnSignal
 from localvision.errors import InputError
 from localvision.models.objectives.base import LocalContext
 
@@ -202,7 +202,7 @@ class PipelineRunner:
         self.where = f'rank {self.rank}'
         self.position = (None, None)
         self.summary: Dict[str, Any] = {}
-        self.stop_signal: Optional[str] = None  # a signal that arrived before the watchdog existed
+        self.signals = StopOnSignal(announce=self.rank == 0)  # installed while train() runs
         self.interrupted_at: Optional[int] = None
         self._saved_at: Optional[int] = None
         self._val = None  # (data loader, evaluator), built at the first validation
@@ -237,9 +237,8 @@ class PipelineRunner:
         self.topo: Topology = build_topology(self.K, pc.replicas)
         self.stage = self.topo.stage
         self.where = self._describe_rank(self.rank)
-        self.watchdog = Watchdog(self.rank, self.world, self._describe_rank, pc.heartbeat_timeout).start()
-        if self.stop_signal is not None:
-            self.watchdog.request_stop(self.stop_signal)
+        self.watchdog = Watchdog(self.rank, self.world, self._describe_rank, pc.heartbeat_timeout,
+                                 stop_source=lambda: self.signals.requested).start()
         self.all_keys = list(model.state_dict().keys())
 
         # resume: which iteration, this stage's saved state
@@ -496,7 +495,7 @@ class PipelineRunner:
 
     def _stop_now(self) -> bool:
         """Stage 0 at an iteration boundary: end the run here? (every replica decides the same)"""
-        stop = self.watchdog.stop_requested is not None
+        stop = self.signals.requested is not None or self.watchdog.stop_requested is not None
         if self.topo.replicas > 1:
             flag = torch.tensor([int(stop)], device=self.comm_device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.topo.dp_group)
@@ -663,21 +662,12 @@ class PipelineRunner:
         return dict(peak_bytes=int(tr.peak_bytes), baseline_bytes=int(tr.baseline_bytes), kind='cpu-live-tensors')
 
     # -- entry ----------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.stop_signal is None and self.rank == 0:
-            print(f'[pipeline {self.where}] {name}: finishing the iteration in progress, then saving a '
-                  'checkpoint on every stage', file=sys.stderr, flush=True)
-        self.stop_signal = self.stop_signal or name
-        if self.watchdog is not None:
-            self.watchdog.request_stop(name)
-
     def train(self) -> Dict[str, Any]:
         self.last_manifest = None
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._on_signal)
+        with self.signals:
+            return self._train()
+
+    def _train(self) -> Dict[str, Any]:
         try:
             self.setup()
             self._loop()
@@ -695,12 +685,11 @@ class PipelineRunner:
         self.watchdog.mark_done()
         dist.barrier()
         self.watchdog.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if self.interrupted_at is not None and self.rank == 0:
             where = (f'saved {ckpt_io.iter_dir(self.work_dir, self.interrupted_at)}'
                      if self.interrupted_at > self.start_iter else 'nothing new to save')
-            print(f'pipeline: interrupted ({self.watchdog.stop_requested}) at iteration {self.interrupted_at}/'
+            why = self.signals.requested or self.watchdog.stop_requested
+            print(f'pipeline: interrupted ({why}) at iteration {self.interrupted_at}/'
                   f'{self.total_iters}: {where}; continue with --resume', file=sys.stderr, flush=True)
         return self.summary
 

@@ -12,7 +12,7 @@ hosts it, so it outlives the workers):
   (killed, stuck) is reported the same way by the others;
 - a rank that cannot reach the store any more (the process hosting it died) stops too.
 
-It also spreads a *stop request* (Ctrl-C / SIGTERM that reached any rank, see
+It also spreads a *stop request* (Ctrl-C / SIGTERM that reached any rank: ``stop_source``, or
 :meth:`Watchdog.request_stop`): every rank's :attr:`Watchdog.stop_requested` becomes the reason, and
 stage 0 ends the run at the next iteration boundary with a checkpoint.
 """
@@ -43,7 +43,8 @@ class Watchdog:
     """See the module doc. ``describe(rank)`` names the stage / module a rank runs."""
 
     def __init__(self, rank: int, world_size: int, describe: Callable[[int], str],
-                 heartbeat_timeout: float = 15.0, interval: float = 0.25, exit_on_failure: bool = True) -> None:
+                 heartbeat_timeout: float = 15.0, interval: float = 0.25, exit_on_failure: bool = True,
+                 stop_source: Optional[Callable[[], Optional[str]]] = None) -> None:
         self.rank, self.world = rank, world_size
         self.describe = describe
         self.heartbeat_timeout = heartbeat_timeout
@@ -59,6 +60,7 @@ class Watchdog:
         self.abort_message: Optional[str] = None
         self.stop_requested: Optional[str] = None  # why the run should end early (set by any rank)
         self._local_stop: Optional[str] = None
+        self.stop_source = stop_source  # polled: this rank's own stop request (a signal), or None
         self._stop_published = False
         self._thread = threading.Thread(target=self._loop, name='lv-pipeline-watchdog', daemon=True)
         # without torchrun's agent, rank 0's process hosts the store: it must outlive the others' reads
@@ -96,8 +98,7 @@ class Watchdog:
             time.sleep(0.1)
 
     def request_stop(self, reason: str) -> None:
-        """Ask every rank to end the run early (safe to call from a signal handler: only sets a
-        flag; the watchdog thread publishes it)."""
+        """Ask every rank to end the run early (only sets a flag; the watchdog thread publishes it)."""
         if self._local_stop is None:
             self._local_stop = reason
             self.stop_requested = self.stop_requested or reason
@@ -175,6 +176,8 @@ class Watchdog:
         return None
 
     def _sync_stop(self, store) -> None:
+        if self._local_stop is None and self.stop_source is not None and self.stop_source() is not None:
+            self.request_stop(self.stop_source())
         if self._local_stop is not None and not self._stop_published:
             store.compare_set(self._key('stop'), '', self._local_stop)  # the first request wins
             self._stop_published = True
