@@ -96,7 +96,8 @@ def mmseg_vit_backbone(model) -> dict:
                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, with_cls_token=True,
                 output_cls_token=False, norm_cfg=dict(type='LN', eps=vit.norm.eps),
                 act_cfg=dict(type='GELU'),
-                patch_bias=vit.patch_embed.proj.bias is not None, patch_norm=False, pre_norm=False, final_norm=True, interpolate_mode='bicubic',
+                patch_bias=vit.patch_embed.proj.bias is not None, patch_norm=False, pre_norm=False,
+                final_norm=True, interpolate_mode='bicubic',
                 pretrained=None, init_cfg=None)
 
 
