@@ -90,18 +90,19 @@ class LocalEncoderDecoder(EncoderDecoder):
         self._check_in_index()
 
         k = self.backbone.requested_num_modules()
-        cfgs = per_module_configs(local_objective, k - 1)
-        for c in cfgs:
-            c.setdefault('ignore_index', self.ignore_index)
-        self.backbone.resolve_split(exit_loss=self._exit_cost_fn(cfgs), tail_loss=self._tail_cost_fn(),
-                                    extra_modules=[self.decode_head])
-        self.objectives = nn.ModuleList(
-            build_objective(c, self.backbone.out_channels(i), self.num_classes, i, k) for i, c in enumerate(cfgs))
-        bb = self.backbone
-        outs = [bb.out_channels(i) for i in range(bb.num_modules)]
-        reductions = [bb.seq.infos[r[-1]].reduction for r in bb.module_ranges()]
-        self.context = build_context(context, [bb.input_size[0]] + outs[:-1], outs, reductions,
-                                     field_name='model.context')
+        with DefaultScope.overwrite_default_scope('localvision'):  # objectives and context: localvision's registries
+            cfgs = per_module_configs(local_objective, k - 1)
+            for c in cfgs:
+                c.setdefault('ignore_index', self.ignore_index)
+            self.backbone.resolve_split(exit_loss=self._exit_cost_fn(cfgs), tail_loss=self._tail_cost_fn(),
+                                        extra_modules=[self.decode_head])
+            self.objectives = nn.ModuleList(
+                build_objective(c, self.backbone.out_channels(i), self.num_classes, i, k) for i, c in enumerate(cfgs))
+            bb = self.backbone
+            outs = [bb.out_channels(i) for i in range(bb.num_modules)]
+            reductions = [bb.seq.infos[r[-1]].reduction for r in bb.module_ranges()]
+            self.context = build_context(context, [bb.input_size[0]] + outs[:-1], outs, reductions,
+                                         field_name='model.context')
         self._check_decode_levels()
 
     # -- levels ----------------------------------------------------------------------------
