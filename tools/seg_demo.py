@@ -1,6 +1,6 @@
 """The main demo: DeepLabV3 trained as K=4 InfoPro modules vs end to end, on the built-in set.
 
-    python tools/seg_demo.py [--iters 400] [--jobs 2] [--work-dir work_dirs/seg_demo]
+    python tools/seg_demo.py [--iters 400] [--jobs 2] [--seed 0] [--work-dir work_dirs/seg_demo]
                              [--local-config configs/seg/deeplab_infopro_k4_demo.py]
                              [--e2e-config configs/seg/deeplab_e2e_demo.py]
 
@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=None, help="training iterations of both runs (default: the config's)")
     p.add_argument('--jobs', type=int, default=2, choices=[1, 2],
                    help='2: train both side by side, each on half the cores; 1: one after the other')
+    p.add_argument('--seed', type=int, default=None, help="training seed of both runs (default: the config's, 0)")
     p.add_argument('--data-root', default='data/lv_shapes_seg')
     p.add_argument('--work-dir', default='work_dirs/seg_demo')
     return p.parse_args(argv)
@@ -82,7 +83,12 @@ class Job:
         self.cpu_seconds = usage.ru_utime + usage.ru_stime
         return self.rc
 
+    @property
+    def started(self) -> bool:
+        return self._proc is not None
+
     def stop(self) -> None:
+        """Ask the run to stop (SIGTERM: it finishes its iteration and saves a checkpoint)."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
 
@@ -116,6 +122,8 @@ def main(argv=None) -> int:
     options = [f'train_dataloader.dataset.data_root={args.data_root}',
                f'val_dataloader.dataset.data_root={args.data_root}',
                f'test_dataloader.dataset.data_root={args.data_root}']
+    if args.seed is not None:
+        options.append(f'randomness.seed={args.seed}')
     if args.iters is not None:
         options += [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
                     f'default_hooks.checkpoint.interval={args.iters}']
@@ -137,9 +145,12 @@ def main(argv=None) -> int:
                 j.start()
                 if j.wait():
                     break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the runs got the Ctrl-C too: each finishes its iteration and saves
         for j in jobs:
             j.stop()
+        for j in jobs:
+            if j.started and j.rc is None:
+                j.wait()
         print('interrupted: each run saved a resumable checkpoint in its work dir (tools/train.py ... --resume)')
         return 130
     failed = [j for j in jobs if j.rc]

@@ -21,7 +21,10 @@ model = dict(
     backbone=dict(_delete_=True, model_name='cifar_resnet32', pretrained=False),
     out_indices=(0, 1, 2, 3),  # levels: stem, layer1 (1/1), layer2 (1/2), layer3 (1/4, the decode head's)
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 64, 64)),
-    local_objective=dict(type='InfoProSeg', lambda_recon=1.5, lambda_task=1.0,
+    # lambda as (first, last) local module, interpolated: reconstruction weight falling and task
+    # weight rising with depth, the shape of InfoPro's K=4 schedules (mean of 3 seeds: 30.1 mIoU
+    # against 29.6 with the paper's K=2 constants 1.5 / 1.0; see the README)
+    local_objective=dict(type='InfoProSeg', lambda_recon=(1.5, 0.5), lambda_task=(1.0, 2.0),
                          # auxiliary nets narrowed to this thin backbone (the paper's 512/128 suit ResNet-101)
                          head=dict(type='SegAuxHead', channels=32),
                          decoder=dict(type='SegReconDecoder', widths=(32, 16, 8))),
