@@ -20,6 +20,7 @@ import json
 import os
 import os.path as osp
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -134,6 +135,10 @@ def main(argv=None) -> int:
     print(f'training {len(jobs)} models ({"side by side" if args.jobs == 2 else "one after the other"}, '
           f'{threads} thread(s) each); logs in {args.work_dir}/*/', flush=True)
     t0 = time.time()
+
+    def on_sigterm(signum, frame):  # like Ctrl-C: let both runs finish their iteration and save
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         if args.jobs == 2:
             for j in jobs:
@@ -151,9 +156,17 @@ def main(argv=None) -> int:
         for j in jobs:
             if j.started and j.rc is None:
                 j.wait()
-        print('interrupted: each run saved a resumable checkpoint in its work dir (tools/train.py ... --resume)')
+        for j in jobs:
+            if j.started and j.rc not in (0, 130):
+                print(f'[{j.tag}] ended with exit {j.rc} without saving; last lines:\n' + '\n'.join(j.lines[-15:]),
+                      file=sys.stderr)
+        print('interrupted: the runs that ended with 130 saved a resumable checkpoint in their work dir '
+              '(tools/train.py ... --resume)')
         return 130
     failed = [j for j in jobs if j.rc]
+    if failed and all(j.rc == 130 for j in failed):  # the runs were stopped by a signal and saved
+        print('interrupted: each run saved a resumable checkpoint in its work dir (tools/train.py ... --resume)')
+        return 130
     for j in failed:
         print(f'[{j.tag}] failed (exit {j.rc}); last lines:\n' + '\n'.join(j.lines[-15:]), file=sys.stderr)
     if failed:

@@ -64,10 +64,8 @@ def build_cfg(args) -> Config:
     return cfg
 
 
-def save_interrupted(runner) -> str:
-    """After :class:`TrainingInterrupted` (raised once an iteration finished, before the loop
-    counted it): save the iterations that finished, so that ``--resume`` continues right after them."""
-    done = runner.iter + 1
+def save_interrupted(runner, done: int) -> str:
+    """Save the ``done`` iterations that finished, so that ``--resume`` continues right after them."""
     name = f'iter_{done}_interrupted.pth'
     # the epoch in progress (LocalEpochBasedTrainLoop skips its batches already trained on resume)
     runner.save_checkpoint(runner.work_dir, name, meta=dict(epoch=runner.epoch, iter=done),
@@ -75,6 +73,14 @@ def save_interrupted(runner) -> str:
     with open(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
         f.write(osp.join(runner.work_dir, name))
     return name
+
+
+def stopped(runner, done: int, why: str) -> None:
+    """End an interrupted run: save, say so, exit with 130."""
+    name = save_interrupted(runner, done)
+    runner.logger.warning(f'interrupted ({why}) after iteration {done}: saved {name}; continue with --resume')
+    finish_dist()
+    raise SystemExit(130)
 
 
 def train(cfg: Config):
@@ -97,12 +103,12 @@ def train(cfg: Config):
             runner.register_hook(StopAtIterationHook(signals))
             # data sets are built (and checked) when training starts
             runner.train()
-        except TrainingInterrupted as e:
-            name = save_interrupted(runner)
-            runner.logger.warning(f'interrupted ({e.signal}) after iteration {runner.iter + 1}: saved {name}; '
-                                  'continue with --resume')
-            finish_dist()
-            raise SystemExit(130)
+        except TrainingInterrupted as e:  # raised after an iteration, before the loop counted it
+            stopped(runner, runner.iter + 1, e.signal)
+        except RuntimeError as e:
+            if runner is None or not signals.data_loader_stopped(e):
+                raise
+            stopped(runner, runner.iter, signals.requested)  # waiting for the next batch
         except KeyboardInterrupt:  # a second Ctrl-C
             raise SystemExit('stopped at once (second Ctrl-C): nothing saved since the last checkpoint') from None
         except InputError as e:

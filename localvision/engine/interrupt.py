@@ -33,6 +33,10 @@ class TrainingInterrupted(Exception):
         self.signal = signal_name
 
 
+def _ignore(signum, frame) -> None:
+    """A Python-level no-op handler (SIG_DFL would make an already tripped signal print a warning)."""
+
+
 class StopOnSignal:
     """Context manager: SIGINT / SIGTERM set :attr:`requested` instead of killing the process
     (a second SIGINT raises ``KeyboardInterrupt``: stop now). Outside the main thread it does nothing."""
@@ -46,9 +50,15 @@ class StopOnSignal:
         name = signal.Signals(signum).name
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        if self.requested is None and self.announce:
-            print(f'{name}: finishing the iteration in progress, then saving a checkpoint '
-                  '(Ctrl-C again stops at once, without saving)', file=sys.stderr, flush=True)
+        if self.requested is None:
+            if self.announce:
+                print(f'{name}: finishing the iteration in progress, then saving a checkpoint '
+                      '(Ctrl-C again stops at once, without saving)', file=sys.stderr, flush=True)
+            # a signal sent to the whole process group (a scheduler's SIGTERM) also kills the data
+            # loader's workers, and torch's SIGCHLD handler would raise that in the middle of the
+            # iteration; no more data is needed before the stop, so worker deaths are ignored now
+            self._previous.setdefault(signal.SIGCHLD, signal.getsignal(signal.SIGCHLD))
+            signal.signal(signal.SIGCHLD, _ignore)
         self.requested = self.requested or name
 
     def __enter__(self) -> 'StopOnSignal':
@@ -59,8 +69,13 @@ class StopOnSignal:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
+
+    def data_loader_stopped(self, error: BaseException) -> bool:
+        """Whether ``error`` is the data loader noticing, while waiting for a batch, that the
+        stop signal also ended its workers (the iteration had not started: nothing is lost)."""
+        return self.requested is not None and isinstance(error, RuntimeError) and 'DataLoader worker' in str(error)
 
 
 class StopAtIterationHook(Hook):

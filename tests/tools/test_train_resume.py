@@ -152,3 +152,30 @@ def test_ctrl_c_stops_after_the_iteration_and_resume_ends_like_the_uninterrupted
     b = torch.load(osp.join(work, 'epoch_2.pth'), map_location='cpu', weights_only=True)['state_dict']
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f'{k}: {m}')
+
+
+def test_sigterm_to_the_process_group_with_data_loader_workers_saves(tiny_cls_root, tmp_path):
+    """A scheduler's SIGTERM reaches every process of the job, the data loader's workers too: the
+    run still finishes its iteration and saves (worker deaths do not break the iteration)."""
+    import signal
+    import time
+    work = str(tmp_path / 'work')
+    opts = [o.replace('train_dataloader.num_workers=0', 'train_dataloader.num_workers=2')
+            for o in tiny_options(tiny_cls_root, 50)]
+    proc = subprocess.Popen([sys.executable, osp.join(ROOT, 'tools', 'train.py'), CONFIG, '--work-dir', work] + opts,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'), start_new_session=True)
+    lines, deadline = [], time.time() + 180
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if sum('Epoch(train)' in x for x in lines) >= 6:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    out = ''.join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    saved = open(osp.join(work, 'last_checkpoint')).read()
+    assert saved.endswith('_interrupted.pth') and 'interrupted (SIGTERM) after iteration' in out, out[-3000:]
+    assert 'Traceback' not in out, out[-3000:]
