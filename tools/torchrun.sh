@@ -10,7 +10,9 @@ NPROC=$1
 SCRIPT=$2
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python )}
+# (set through the environment, which torch versions without the option simply ignore)
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT:-${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-120}}
 PYTHONPATH="$ROOT:${PYTHONPATH:-}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \
 exec "$PY" -m torch.distributed.run --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
   --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" --nproc_per_node="$NPROC" \
-  --max-restarts=0 --monitor-interval=0.5 --shutdown-timeout="${SHUTDOWN_TIMEOUT:-120}" "$SCRIPT" "${@:3}"
+  --max-restarts=0 --monitor-interval=0.5 "$SCRIPT" "${@:3}"
