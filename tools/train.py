@@ -64,20 +64,15 @@ def build_cfg(args) -> Config:
     return cfg
 
 
-def save_interrupted(runner, done: int) -> str:
-    """Save the ``done`` iterations that finished, so that ``--resume`` continues right after them."""
+def stopped(runner, done: int, why: str) -> None:
+    """End an interrupted run: save the ``done`` iterations that finished (``--resume`` continues
+    right after them), say so, exit with 130."""
     name = f'iter_{done}_interrupted.pth'
     # the epoch in progress (LocalEpochBasedTrainLoop skips its batches already trained on resume)
     runner.save_checkpoint(runner.work_dir, name, meta=dict(epoch=runner.epoch, iter=done),
                            save_optimizer=True, save_param_scheduler=True)
     with open(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
         f.write(osp.join(runner.work_dir, name))
-    return name
-
-
-def stopped(runner, done: int, why: str) -> None:
-    """End an interrupted run: save, say so, exit with 130."""
-    name = save_interrupted(runner, done)
     runner.logger.warning(f'interrupted ({why}) after iteration {done}: saved {name}; continue with --resume')
     finish_dist()
     raise SystemExit(130)

@@ -91,7 +91,7 @@ class PerModuleBackward:
         self.step_in_backward = step_in_backward
         self._warned = False
 
-    def _check_step_each_module(self, optim_wrapper: OptimWrapper, grad_sync) -> None:
+    def _check_step_each_module(self, optim_wrapper: OptimWrapper) -> None:
         flag = 'step_in_backward' if self.step_in_backward else 'step_each_module'
         if type(optim_wrapper) is not OptimWrapper or optim_wrapper._accumulative_counts != 1:
             raise InputError(f'model.executor.{flag}=True needs a plain OptimWrapper without gradient '
@@ -123,7 +123,7 @@ class PerModuleBackward:
     def __call__(self, model, ctx, optim_wrapper: OptimWrapper, grad_sync=None) -> Dict[str, Tensor]:
         _check_wrapper(optim_wrapper)
         if self.step_each_module:
-            self._check_step_each_module(optim_wrapper, grad_sync)
+            self._check_step_each_module(optim_wrapper)
         sync = grad_sync if grad_sync is not None and optim_wrapper.should_sync() else None
         in_backward = self.step_in_backward and grad_sync is None
         if self.step_in_backward and grad_sync is not None and not self._warned:

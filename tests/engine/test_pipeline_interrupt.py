@@ -39,12 +39,17 @@ def _lines(path):
 
 
 def _start(cfg, nproc, work):
-    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable,
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable, OMP_NUM_THREADS='1',  # as the reference
                PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
     proc = subprocess.Popen(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg, str(nproc), '--work-dir', work],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
                             start_new_session=True)  # its own process group, like a terminal's job
     return proc, env
+
+
+def _same_env(env):
+    """What a later ``torchrun`` needs from ``_start``'s environment."""
+    return {k: env[k] for k in ('PYTHONPATH', 'OMP_NUM_THREADS')}
 
 
 def _wait_for_iterations(proc, log, n):
@@ -88,7 +93,7 @@ def test_ctrl_c_saves_every_stage_at_one_boundary_and_resume_equals_uninterrupte
     assert not osp.exists(osp.join(work, 'epoch_3.pth'))
 
     r = torchrun(cfg, 2, '--work-dir', work, '--resume', timeout=300,
-                 env_extra=dict(PYTHONPATH=env['PYTHONPATH']))
+                 env_extra=_same_env(env))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert [x['iter'] for x in _lines(log1)] == list(range(1, 13))  # continued where it stopped
     state = load_state(osp.join(work, 'epoch_3.pth'))
@@ -115,7 +120,7 @@ def test_sigterm_to_one_rank_stops_a_grid_at_one_boundary_and_resume_equals_unin
         assert len(_lines(osp.join(work, 'pipeline_logs', f'{name}.jsonl'))) == done, name
     assert json.load(open(osp.join(work, 'pipeline_ckpt', f'iter_{done}', 'manifest.json')))['iteration'] == done
 
-    r = torchrun(cfg, 4, '--work-dir', work, '--resume', timeout=300, env_extra=dict(PYTHONPATH=env['PYTHONPATH']))
+    r = torchrun(cfg, 4, '--work-dir', work, '--resume', timeout=300, env_extra=_same_env(env))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     a, b = load_state(osp.join(whole, 'epoch_3.pth')), load_state(osp.join(work, 'epoch_3.pth'))
     for k in a:

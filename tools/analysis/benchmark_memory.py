@@ -69,11 +69,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _random_images(batch_size: int, input_size, g: torch.Generator) -> list:
+    """uint8 images (C, H, W) as a data pipeline hands them to the data preprocessor."""
+    return [torch.randint(0, 256, tuple(input_size), generator=g, dtype=torch.uint8) for _ in range(batch_size)]
+
+
 def synthetic_cls_batch(batch_size: int, input_size, num_classes: int, seed: int = 0) -> dict:
     """A classification batch as the data pipeline makes it (uint8 images, labelled samples)."""
     from localvision.structures import ClsDataSample
     g = torch.Generator().manual_seed(seed)
-    inputs = [torch.randint(0, 256, tuple(input_size), generator=g, dtype=torch.uint8) for _ in range(batch_size)]
+    inputs = _random_images(batch_size, input_size, g)
     samples = [ClsDataSample().set_gt_label(i % num_classes) for i in range(batch_size)]
     return dict(inputs=inputs, data_samples=samples)
 
@@ -84,8 +89,8 @@ def synthetic_seg_batch(batch_size: int, input_size, num_classes: int, seed: int
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     g = torch.Generator().manual_seed(seed)
-    c, h, w = input_size
-    inputs = [torch.randint(0, 256, (c, h, w), generator=g, dtype=torch.uint8) for _ in range(batch_size)]
+    h, w = input_size[-2:]
+    inputs = _random_images(batch_size, input_size, g)
     samples = []
     for _ in range(batch_size):
         coarse = torch.randint(0, num_classes, (1, 1, max(h // 16, 1), max(w // 16, 1)), generator=g).float()
@@ -103,8 +108,8 @@ def synthetic_det_batch(batch_size: int, input_size, num_classes: int, seed: int
     from mmengine.structures import InstanceData
     from mmdet.structures import DetDataSample
     g = torch.Generator().manual_seed(seed)
-    c, h, w = input_size
-    inputs = [torch.randint(0, 256, (c, h, w), generator=g, dtype=torch.uint8) for _ in range(batch_size)]
+    h, w = input_size[-2:]
+    inputs = _random_images(batch_size, input_size, g)
     samples = []
     for _ in range(batch_size):
         n = int(torch.randint(3, 9, (1,), generator=g))

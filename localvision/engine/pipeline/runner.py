@@ -56,6 +56,7 @@ from mmengine.dataset import DefaultSampler
 
 from localvision.engine.interrupt import StopOnSignal
 from localvision.errors import InputError
+from localvision.utils.memory import PeakMemory
 from localvision.models.objectives.base import LocalContext
 
 from . import checkpoint as ckpt_io
@@ -502,6 +503,12 @@ class PipelineRunner:
             stop = bool(flag.item())
         return stop
 
+    def _stop_at(self, it: int, send) -> None:
+        """End the run before iteration ``it``; tell the next stage (a stop in place of its data)."""
+        self.interrupted_at = it
+        if send is not None:
+            send.send({}, control=dict(stop=it))
+
     def _ckpt_every(self) -> int:
         hook = dict((self.cfg.get('default_hooks') or {}).get('checkpoint') or {})
         interval = int(hook.get('interval', 1))
@@ -549,9 +556,7 @@ class PipelineRunner:
             t_it = time.perf_counter()
             micro = None
             if self.topo.is_first and self._stop_now():
-                self.interrupted_at = it
-                if send is not None:
-                    send.send({}, control=dict(stop=it))
+                self._stop_at(it, send)
                 break
             if self.topo.is_first:
                 t0 = time.perf_counter()
@@ -561,8 +566,8 @@ class PipelineRunner:
                     data = model.data_preprocessor(batch, True)
                 micro = split_micro(data, M)
                 data_s += time.perf_counter() - t0
-            if it == self.profile_memory_iter:
-                mem = self._memory_probe_start()
+            if it == self.profile_memory_iter:  # the live-tensor (CPU) or allocator (CUDA) peak
+                mem = PeakMemory(self.device, (self.model, self.optim_wrapper.optimizer)).__enter__()
             stats: Dict[str, float] = defaultdict(float)
             for j in range(M):
                 self.position = (it, j)
@@ -572,9 +577,7 @@ class PipelineRunner:
                 else:
                     control, msg = recv.get()
                     if control.get('stop') is not None and (control['stop'], j) == (it, 0):
-                        self.interrupted_at = it
-                        if send is not None:
-                            send.send({}, control=dict(stop=it))
+                        self._stop_at(it, send)
                         break
                     if (control.get('iter'), control.get('micro')) != (it, j):
                         raise RuntimeError(f'pipeline out of step: expected iteration {it} micro-batch {j}, '
@@ -605,11 +608,12 @@ class PipelineRunner:
                     for s in self.schedulers:
                         if not s.by_epoch:
                             s.step()
+            if mem is not None:
+                mem.__exit__(None, None, None)
+                self.summary['memory'] = dict(peak_bytes=mem.peak_bytes, device=str(self.device))
+                mem = None
             if self.interrupted_at is not None:
                 break
-            if mem is not None:
-                self.summary['memory'] = self._memory_probe_end(mem)
-                mem = None
             done = it + 1
             if self.by_epoch and done % self.ipe == 0:
                 for s in self.schedulers:
@@ -642,24 +646,6 @@ class PipelineRunner:
             owned_param_bytes=sum(p.numel() * p.element_size() for p in self.owned_params))
         with open(osp.join(self.log_dir, f'summary_rank{self.rank}.json'), 'w') as f:
             json.dump(self.summary, f)
-
-    def _memory_probe_start(self):
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return ('cuda', None)
-        from localvision.utils.memory import LiveTensorMemoryTracker
-        tr = LiveTensorMemoryTracker(baseline=(self.model, self.optim_wrapper.optimizer))
-        tr.__enter__()
-        return ('cpu', tr)
-
-    def _memory_probe_end(self, mem) -> Dict[str, int]:
-        kind, tr = mem
-        if kind == 'cuda':
-            torch.cuda.synchronize()
-            return dict(peak_bytes=int(torch.cuda.max_memory_allocated(self.device)), kind='cuda')
-        tr.__exit__(None, None, None)
-        return dict(peak_bytes=int(tr.peak_bytes), baseline_bytes=int(tr.baseline_bytes), kind='cpu-live-tensors')
 
     # -- entry ----------------------------------------------------------------------------------
     def train(self) -> Dict[str, Any]:

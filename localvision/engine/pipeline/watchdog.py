@@ -12,9 +12,9 @@ hosts it, so it outlives the workers):
   (killed, stuck) is reported the same way by the others;
 - a rank that cannot reach the store any more (the process hosting it died) stops too.
 
-It also spreads a *stop request* (Ctrl-C / SIGTERM that reached any rank: ``stop_source``, or
-:meth:`Watchdog.request_stop`): every rank's :attr:`Watchdog.stop_requested` becomes the reason, and
-stage 0 ends the run at the next iteration boundary with a checkpoint.
+It also spreads a *stop request* (Ctrl-C / SIGTERM that reached any rank, read from
+``stop_source``): every rank's :attr:`Watchdog.stop_requested` becomes the reason, and stage 0 ends
+the run at the next iteration boundary with a checkpoint.
 """
 from __future__ import annotations
 
@@ -59,7 +59,6 @@ class Watchdog:
         self._own_failure = False
         self.abort_message: Optional[str] = None
         self.stop_requested: Optional[str] = None  # why the run should end early (set by any rank)
-        self._local_stop: Optional[str] = None
         self.stop_source = stop_source  # polled: this rank's own stop request (a signal), or None
         self._stop_published = False
         self._thread = threading.Thread(target=self._loop, name='lv-pipeline-watchdog', daemon=True)
@@ -96,12 +95,6 @@ class Watchdog:
             if msg is not None or time.time() >= deadline:
                 return msg
             time.sleep(0.1)
-
-    def request_stop(self, reason: str) -> None:
-        """Ask every rank to end the run early (only sets a flag; the watchdog thread publishes it)."""
-        if self._local_stop is None:
-            self._local_stop = reason
-            self.stop_requested = self.stop_requested or reason
 
     def check_abort(self) -> None:
         """Raise :class:`PipelineAbort` if the watchdog found a failure elsewhere."""
@@ -176,10 +169,9 @@ class Watchdog:
         return None
 
     def _sync_stop(self, store) -> None:
-        if self._local_stop is None and self.stop_source is not None and self.stop_source() is not None:
-            self.request_stop(self.stop_source())
-        if self._local_stop is not None and not self._stop_published:
-            store.compare_set(self._key('stop'), '', self._local_stop)  # the first request wins
+        local = self.stop_source() if self.stop_source is not None else None
+        if local is not None and not self._stop_published:
+            store.compare_set(self._key('stop'), '', local)  # the first request wins
             self._stop_published = True
         if self.stop_requested is None and store.check([self._key('stop')]):
             self.stop_requested = store.get(self._key('stop')).decode()
