@@ -17,6 +17,8 @@ import torch.nn as nn
 from mmengine.registry import MODEL_WRAPPERS
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from localvision.structures.local_context import is_local_model
+
 Tensor = torch.Tensor
 
 
@@ -77,7 +79,7 @@ class UnitGradSync:
 
 @MODEL_WRAPPERS.register_module()
 class LocalDistributedDataParallel(nn.Module):
-    """Data parallelism for :class:`~localvision.models.LocalLearningModel` (K >= 1).
+    """Data parallelism for models trained unit by unit (:class:`~localvision.structures.LocalUnits`, K >= 1).
 
     Parameters and buffers are broadcast from rank 0 at wrap time; in ``train_step`` the
     executor launches the all-reduce of unit k's gradients right after unit k's backward
@@ -94,8 +96,7 @@ class LocalDistributedDataParallel(nn.Module):
     def __init__(self, module: nn.Module, bucket_cap_mb: float = 25.0, broadcast_buffers: bool = False,
                  process_group=None, **kwargs) -> None:
         super().__init__()
-        from localvision.models.local_model import LocalLearningModel
-        if not isinstance(module, LocalLearningModel):
+        if not is_local_model(module):
             raise TypeError(f'LocalDistributedDataParallel wraps localvision task models; got '
                             f'{type(module).__name__} (use MMDistributedDataParallel for other models)')
         if kwargs:

@@ -57,7 +57,7 @@ from mmengine.dataset import DefaultSampler
 from localvision.engine.interrupt import StopOnSignal
 from localvision.errors import InputError
 from localvision.utils.memory import PeakMemory
-from localvision.models.objectives.base import LocalContext
+from localvision.structures.local_context import LocalContext
 
 from . import checkpoint as ckpt_io
 from .config import PipelineConfig, check_pipeline_cfg

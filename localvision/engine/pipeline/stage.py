@@ -1,9 +1,9 @@
 """What one stage of the pipeline needs from the model: which context fields cross each cut,
 which parameters / buffers / state-dict keys belong to which unit, and a stage's own optimizer.
 
-Every rank builds the whole :class:`~localvision.models.LocalLearningModel`; stage k only runs
+Every rank builds the whole model (:class:`~localvision.structures.LocalUnits`); stage k only runs
 ``forward_unit(k, ...)``. :func:`trace_units` runs all units once, on a copy of the model and on
-the first real micro-batch, with a :class:`~localvision.models.objectives.base.LocalContext` that
+the first real micro-batch, with a :class:`~localvision.structures.LocalContext` that
 records which of its fields each unit reads (InfoPro's decoder reads ``inputs`` and the pixel
 statistics through ``image01()``, the last module reads ``targets``, ContSup's E context reads
 ``inputs``, segmentation heads read ``data_samples``...), and which submodules each unit calls.
@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Set, Tuple
 import torch
 import torch.nn as nn
 
-from localvision.models.objectives.base import LocalContext
+from localvision.structures.local_context import LocalContext
 
 Tensor = torch.Tensor
 CTX_FIELDS = tuple(f.name for f in dataclasses.fields(LocalContext) if f.name != 'extras')

@@ -1,62 +1,16 @@
 """What every local objective sees and how objectives are built for the modules of a split."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from localvision.errors import InputError
 from localvision.registry import OBJECTIVES
+from localvision.structures.local_context import LocalContext
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class LocalContext:
-    """The batch as the local objectives of one iteration see it.
-
-    Attributes:
-        inputs: the preprocessed (normalised) batch fed to module 0, (B, C, H, W).
-        targets: the task targets: class indices (B,) for classification; task models put
-            their own (segmentation maps, boxes) here.
-        data_samples: the batch's data samples, for objectives that need more.
-        img_hw: the input's spatial size.
-        extras: anything a task adds for its objectives; per-batch caches live here too
-            (``image01``, the context supply's remembered module inputs).
-        pixel_mean / pixel_std: what the data preprocessor normalised with (``(C, 1, 1)``, pixel
-            units, channel order as fed to the model); ``None`` when it did not normalise.
-        pixel_range: the pixel value of a white image before normalisation (255 for 8-bit).
-    """
-
-    inputs: Tensor
-    targets: Any = None
-    data_samples: Optional[list] = None
-    img_hw: Tuple[int, int] = (0, 0)
-    extras: Dict[str, Any] = field(default_factory=dict)
-    pixel_mean: Optional[Tensor] = None
-    pixel_std: Optional[Tensor] = None
-    pixel_range: float = 255.0
-
-    def image01(self) -> Tensor:
-        """The un-normalised input image in [0, 1] (detached, computed once per batch).
-
-        ``(inputs * std + mean) / pixel_range``, clamped to [0, 1]: the target of InfoPro's
-        reconstruction decoder. Channel order is the one the model sees (after any
-        ``bgr_to_rgb`` of the preprocessor, which also orders ``mean`` / ``std`` that way).
-        """
-        img = self.extras.get('image01')
-        if img is None:
-            with torch.no_grad():
-                img = self.inputs.detach().float()
-                if self.pixel_std is not None:
-                    img = img * self.pixel_std.to(img)
-                if self.pixel_mean is not None:
-                    img = img + self.pixel_mean.to(img)
-                img = (img / self.pixel_range).clamp_(0.0, 1.0)
-            self.extras['image01'] = img
-        return img
 
 
 def pixel_stats(data_preprocessor: Optional[nn.Module]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
