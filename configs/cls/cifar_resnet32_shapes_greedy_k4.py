@@ -4,7 +4,7 @@ _base_ = ['../_base_/models/cifar_resnet.py', '../_base_/datasets/shapes_cls.py'
           '../_base_/default_runtime.py']
 model = dict(
     data_preprocessor=dict(mean=[127.5] * 3, std=[63.75] * 3, bgr_to_rgb=True),
-    backbone=dict(model_name='cifar_resnet32'),
+    backbone=dict(type='StagedTimm', model_name='cifar_resnet32'),
     split=dict(cuts=[(1, 2), (2, 1), (3, 0)]),
     local_objective=dict(type='Greedy', head=dict(type='ConvFCHead')),
 )

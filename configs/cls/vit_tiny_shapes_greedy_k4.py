@@ -5,7 +5,7 @@ _base_ = ['../_base_/datasets/shapes_cls.py', '../_base_/default_runtime.py']
 model = dict(
     type='LocalImageClassifier',
     data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[63.75] * 3, bgr_to_rgb=True),
-    backbone=dict(model_name='vit_tiny_patch16_224', pretrained=False, img_size=32, patch_size=4,
+    backbone=dict(type='StagedTimm', model_name='vit_tiny_patch16_224', pretrained=False, img_size=32, patch_size=4,
                   dynamic_img_size=True),
     num_classes=10,
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 32, 32)),

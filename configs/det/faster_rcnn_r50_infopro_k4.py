@@ -6,8 +6,8 @@ _base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['localvision.det'], allow_failed_imports=False)
 model = dict(
     type='LocalTwoStageDetector',
-    backbone=dict(_delete_=True, model_name='resnet50', pretrained=False, frozen_stages=-1, norm_eval=False),
-    out_indices=(1, 2, 3, 4),
+    backbone=dict(_delete_=True, type='StagedTimm', model_name='resnet50', pretrained=False,
+                  frozen_stages=-1, norm_eval=False, out_stages=(1, 2, 3, 4)),
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 512, 512)),
     local_objective=dict(type='InfoProDet', lambda_recon=1.0, lambda_task=1.0),
 )

@@ -7,8 +7,8 @@ custom_imports = dict(imports=['localvision.det'], allow_failed_imports=False)
 model = dict(
     type='LocalSingleStageDetector',
     data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
-    backbone=dict(_delete_=True, model_name='resnet50', pretrained=False, frozen_stages=-1, norm_eval=False),
-    out_indices=(1, 2, 3, 4),
+    backbone=dict(_delete_=True, type='StagedTimm', model_name='resnet50', pretrained=False,
+                  frozen_stages=-1, norm_eval=False, out_stages=(1, 2, 3, 4)),
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 512, 512)),
     local_objective=dict(type='InfoProDet', lambda_recon=1.0, lambda_task=1.0),
     # mmdet's FocalLoss, keeping little for backward off CUDA (same values; see localvision/det/losses.py)

@@ -13,8 +13,8 @@ num_classes = 5
 width = 64
 model = dict(
     type='LocalSingleStageDetector',
-    backbone=dict(_delete_=True, model_name='resnet18', pretrained=False, frozen_stages=-1, norm_eval=False),
-    out_indices=(1, 2, 3, 4),
+    backbone=dict(_delete_=True, type='StagedTimm', model_name='resnet18', pretrained=False,
+                  frozen_stages=-1, norm_eval=False, out_stages=(1, 2, 3, 4)),
     split=dict(num_modules=2, strategy='balanced', input_size=(3, 128, 128)),
     local_objective=dict(type='InfoProDet', lambda_recon=1.0, lambda_task=1.0,
                          head=dict(type='DenseDetAuxHead', channels=64)),

@@ -11,8 +11,9 @@ model = dict(
     # never download weights: pretrained=False, or checkpoint_path='/path/to/resnet50.pth'.
     # From scratch nothing is frozen and BN statistics are learned: frozen_stages=-1, norm_eval=False
     # (mmdet's ImageNet-pretrained defaults are frozen_stages=1, norm_eval=True).
-    backbone=dict(_delete_=True, model_name='resnet50', pretrained=False, frozen_stages=-1, norm_eval=False),
-    out_indices=(1, 2, 3, 4),  # levels = layer1..layer4 (mmdet ResNet out_indices 0..3)
+    # levels: out_stages=(1, 2, 3, 4) = layer1..layer4 (what mmdet's ResNet calls out_indices 0..3)
+    backbone=dict(_delete_=True, type='StagedTimm', model_name='resnet50', pretrained=False,
+                  frozen_stages=-1, norm_eval=False, out_stages=(1, 2, 3, 4)),
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 512, 512)),
     local_objective=dict(type='InfoProDet', lambda_recon=1.0, lambda_task=1.0),
     # mmdet's FocalLoss, keeping little for backward off CUDA (same values; see localvision/det/losses.py)

@@ -8,9 +8,8 @@ img = 512
 model = dict(
     type='LocalSingleStageDetector',
     data_preprocessor=dict(pad_size_divisor=16),
-    backbone=dict(_delete_=True, model_name='vit_small_patch16_224', pretrained=False, img_size=img,
-                  dynamic_img_size=True, frozen_stages=-1, norm_eval=False),
-    out_blocks=(12,),
+    backbone=dict(_delete_=True, type='StagedTimm', model_name='vit_small_patch16_224', pretrained=False,
+                  img_size=img, dynamic_img_size=True, frozen_stages=-1, norm_eval=False, out_blocks=(12,)),
     split=dict(num_modules=4, strategy='equal', input_size=(3, img, img)),
     local_objective=dict(type='InfoProDet', lambda_recon=1.0, lambda_task=1.0),
     # mmdet's FocalLoss, keeping little for backward off CUDA (same values; see localvision/det/losses.py)

@@ -15,8 +15,9 @@ model = dict(
     pretrained=None,
     data_preprocessor=dict(size=crop_size),
     # never download weights: pretrained=False, or checkpoint_path='/path/to/resnet50d.pth'
-    backbone=dict(_delete_=True, model_name='resnet50d', pretrained=False, output_stride=8),
-    out_indices=(1, 2, 3, 4),  # levels = layer1..layer4 (decode_head.in_index=3: layer4)
+    # levels: out_stages=(1, 2, 3, 4) = layer1..layer4 (decode_head.in_index=3: layer4)
+    backbone=dict(_delete_=True, type='StagedTimm', model_name='resnet50d', pretrained=False,
+                  output_stride=8, out_stages=(1, 2, 3, 4)),
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 512, 512)),
     local_objective=dict(type='InfoProSeg', lambda_recon=1.5, lambda_task=1.0),
     decode_head=dict(norm_cfg=norm_cfg),

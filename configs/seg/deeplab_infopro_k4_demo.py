@@ -18,8 +18,9 @@ model = dict(
     type='LocalEncoderDecoder',
     pretrained=None,
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(_delete_=True, model_name='cifar_resnet32', pretrained=False),
-    out_indices=(0, 1, 2, 3),  # levels: stem, layer1 (1/1), layer2 (1/2), layer3 (1/4, the decode head's)
+    # levels: stem, layer1 (1/1), layer2 (1/2), layer3 (1/4, the decode head's)
+    backbone=dict(_delete_=True, type='StagedTimm', model_name='cifar_resnet32', pretrained=False,
+                  out_stages=(0, 1, 2, 3)),
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 64, 64)),
     # lambda as (first, last) local module, interpolated: reconstruction weight falling and task
     # weight rising with depth, the shape of InfoPro's K=4 schedules (mean of 3 seeds: 30.1 mIoU

@@ -7,9 +7,9 @@ Configs pull this in with ``custom_imports=dict(imports=['localvision.det'])``;
 from .datasets import CheckedCocoDataset, ShapesDetDataset, check_coco_annotations
 from .losses import LowMemFocalLoss
 from .local_detector import LocalDetectorMixin, LocalSingleStageDetector, LocalTwoStageDetector
-from .objectives import DenseDetAuxHead, DetGreedyObjective, DetReconDecoder, InfoProDetObjective
+from .objectives import DenseDetAuxHead, DetGreedy, DetReconDecoder, InfoProDet
 from .simple_pyramid import SimplePyramid
 
-__all__ = ['LocalDetectorMixin', 'LocalSingleStageDetector', 'LocalTwoStageDetector', 'InfoProDetObjective',
-           'DetGreedyObjective', 'DenseDetAuxHead', 'DetReconDecoder', 'SimplePyramid', 'CheckedCocoDataset',
+__all__ = ['LocalDetectorMixin', 'LocalSingleStageDetector', 'LocalTwoStageDetector', 'InfoProDet',
+           'DetGreedy', 'DenseDetAuxHead', 'DetReconDecoder', 'SimplePyramid', 'CheckedCocoDataset',
            'ShapesDetDataset', 'check_coco_annotations', 'LowMemFocalLoss']

@@ -21,7 +21,7 @@ import torch.nn as nn
 from localvision.errors import InputError
 from localvision.utils.export import save_stock_checkpoint, stock_config
 
-LOCAL_KEYS = ('split', 'out_indices', 'out_blocks', 'local_objective', 'executor')
+LOCAL_KEYS = ('split', 'local_objective', 'context', 'executor')
 LOCAL_TYPES = {'LocalSingleStageDetector': 'SingleStageDetector', 'LocalTwoStageDetector': 'TwoStageDetector'}
 LOCAL_DATASETS = ('ShapesDetDataset', 'CheckedCocoDataset')
 DEPTHS = {('BasicBlock', (2, 2, 2, 2)): 18, ('BasicBlock', (3, 4, 6, 3)): 34, ('Bottleneck', (3, 4, 6, 3)): 50,
@@ -61,7 +61,7 @@ def mmdet_out_indices(model) -> List[int]:
     """mmdet ResNet ``out_indices`` (0 = layer1) giving exactly the detector's levels."""
     seq = model.backbone.seq
     out = []
-    for b in model.level_blocks:
+    for b in model.backbone.level_blocks:
         info = seq.infos[b]
         last_of_stage = max(i.index for i in seq.infos if i.stage == info.stage)
         if info.stage == 0 or b != last_of_stage:
@@ -117,12 +117,12 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
         cfg.pop(k, None)
     depth = mmdet_resnet_depth(model.backbone.model, model.backbone.model_name)
     cfg['backbone'] = dict(type='ResNet', depth=depth, num_stages=4, out_indices=tuple(mmdet_out_indices(model)),
-                           frozen_stages=model.frozen_stages, norm_cfg=dict(type='BN', requires_grad=True),
-                           norm_eval=model.norm_eval, style='pytorch', init_cfg=None)
+                           frozen_stages=model.backbone.frozen_stages, norm_cfg=dict(type='BN', requires_grad=True),
+                           norm_eval=model.backbone.norm_eval, style='pytorch', init_cfg=None)
     cfg['type'] = LOCAL_TYPES[cfg['type']]
     _stock_losses(cfg)
     if cfg.get('neck') is not None and 'in_channels' in cfg['neck']:
-        neck_in = model.level_channels()
+        neck_in = model.backbone.level_channels()
         cfg['neck'] = dict(cfg['neck'], in_channels=neck_in if isinstance(cfg['neck']['in_channels'], (list, tuple))
                            else neck_in[-1])
     return cfg

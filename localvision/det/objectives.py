@@ -169,8 +169,8 @@ def dense_targets(boxes: Tensor, labels: Tensor, hw: Tuple[int, int], stride: fl
     return assigned, points
 
 
-@OBJECTIVES.register_module(name='InfoProDet')
-class InfoProDetObjective(LocalObjective):
+@OBJECTIVES.register_module()
+class InfoProDet(LocalObjective):
     """InfoPro for detection: ``lambda_recon * L_recon + lambda_task * (L_cls + L_box)``.
 
     Args:
@@ -183,12 +183,12 @@ class InfoProDetObjective(LocalObjective):
         recon_stride: the reconstruction target is the image at 1/recon_stride.
         box_weight: weight of the GIoU term relative to the focal loss.
         center_radius: FCOS centre-sampling radius, in strides.
-        in_stride: stride of the module output (filled in by the detector).
+        in_stride: stride of the module output (filled in by the task model).
     """
 
     def __init__(self, in_channels: int, num_classes: int, lambda_recon: Weight = 1.0, lambda_task: Weight = 1.0,
                  head: Optional[dict] = None, decoder: Optional[dict] = None, min_stride: int = 8,
-                 recon_stride: int = 4, box_weight: float = 1.0, center_radius: float = 1.5, in_stride: int = 8,
+                 recon_stride: int = 4, box_weight: float = 1.0, center_radius: float = 1.5,
                  image_channels: int = 3, **kwargs) -> None:
         super().__init__(in_channels, num_classes, **kwargs)
         k, num = self.module_index, self.num_modules
@@ -197,7 +197,6 @@ class InfoProDetObjective(LocalObjective):
         if self.lambda_recon == 0 and self.lambda_task == 0:
             raise InputError(f'{type(self).__name__}: local module {k} of K={num} gets lambda_recon = '
                              'lambda_task = 0, so nothing would train it')
-        self.in_stride = int(in_stride)
         self.min_stride = int(min_stride)
         self.recon_stride = int(recon_stride)
         self.box_weight = float(box_weight)
@@ -270,8 +269,8 @@ class InfoProDetObjective(LocalObjective):
         return losses
 
 
-@OBJECTIVES.register_module(name='DetGreedy')
-class DetGreedyObjective(InfoProDetObjective):
+@OBJECTIVES.register_module()
+class DetGreedy(InfoProDet):
     """Greedy local learning for detection: the dense detection head's loss only."""
 
     def __init__(self, in_channels: int, num_classes: int, loss_weight: float = 1.0, **kwargs) -> None:

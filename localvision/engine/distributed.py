@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from mmengine.registry import MODEL_WRAPPERS
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch._utils import _flatten_dense_tensors
 
 from localvision.structures.local_context import is_local_model
 
@@ -25,9 +25,10 @@ Tensor = torch.Tensor
 class UnitGradSync:
     """Bucketed, asynchronous all-reduce (mean) of the gradients of one unit at a time.
 
-    ``launch(k)`` starts the all-reduce of unit k's gradients (flattened into buckets of at
+    ``launch(k)`` starts the all-reduce of unit k's gradients (moved into flat buckets of at
     most ``bucket_cap_mb``) and returns at once; ``wait()`` completes every launched bucket and
-    writes the averaged gradients back. Every rank launches the same buckets in the same order.
+    gives each parameter its averaged gradient (a view of the bucket). Every rank launches the
+    same buckets in the same order.
     """
 
     def __init__(self, units: Sequence[Sequence[nn.Parameter]], bucket_cap_mb: float = 25.0,
@@ -57,6 +58,8 @@ class UnitGradSync:
         return buckets
 
     def launch(self, k: int) -> None:
+        """Start the all-reduce of unit k's gradients. They move into flat buckets (the
+        parameters hold no gradient until :meth:`wait`), so no second copy stays alive."""
         for bucket in self._buckets(self.units[k]):
             grads = []
             for p in bucket:
@@ -64,16 +67,25 @@ class UnitGradSync:
                     p.grad = torch.zeros_like(p)
                 grads.append(p.grad)
             flat = _flatten_dense_tensors(grads)
+            shapes = [g.shape for g in grads]
+            del grads
+            for p in bucket:
+                p.grad = None
             work = dist.all_reduce(flat, group=self.group, async_op=True)
-            self._pending.append((work, flat, grads))
+            self._pending.append((work, flat, bucket, shapes))
 
     def wait(self) -> None:
+        """Complete every launched all-reduce; each parameter's gradient becomes a view of its
+        averaged bucket."""
         world = dist.get_world_size(self.group)
-        for work, flat, grads in self._pending:
+        for work, flat, bucket, shapes in self._pending:
             work.wait()
             flat.div_(world)
-            for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-                g.copy_(synced)
+            offset = 0
+            for p, shape in zip(bucket, shapes):
+                n = shape.numel()
+                p.grad = flat[offset:offset + n].view(shape)
+                offset += n
         self._pending.clear()
 
 

@@ -6,7 +6,7 @@ import os.path as osp
 from typing import Optional
 
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import all_gather_object, is_main_process
 from mmengine.hooks import Hook
 
 from localvision.registry import HOOKS
@@ -22,7 +22,8 @@ class PeakMemoryHook(Hook):
     :class:`~localvision.utils.memory.LiveTensorMemoryTracker` on CPU (exact bytes of live
     tensors: parameters, gradients, optimizer state, batch and activations), or with the CUDA
     allocator's peak statistics on a GPU. The figure is logged, put in the message hub as
-    ``train/peak_memory_bytes`` and written to ``<work_dir>/peak_memory.json``.
+    ``train/peak_memory_bytes`` and written to ``<work_dir>/peak_memory.json``; under data
+    parallelism every rank measures its own iteration and rank 0 logs them all (``per_rank``).
 
     Use from any scope: ``custom_hooks = [dict(type='localvision.PeakMemoryHook', at_iter=5)]``.
     """
@@ -51,11 +52,17 @@ class PeakMemoryHook(Hook):
         peak, self._peak = self._peak, None
         peak.__exit__(None, None, None)
         self.peak_bytes = peak.peak_bytes
+        per_rank = all_gather_object(peak.peak_bytes)  # [peak] without a process group
         runner.message_hub.update_info('train/peak_memory_bytes', peak.peak_bytes)
-        runner.logger.info(f'peak training memory (iteration {self.at_iter}): {format_bytes(peak.peak_bytes)}')
+        if len(per_rank) == 1:
+            runner.logger.info(f'peak training memory (iteration {self.at_iter}): {format_bytes(peak.peak_bytes)}')
+        else:
+            runner.logger.info(f'peak training memory per rank (iteration {self.at_iter}): '
+                               + ', '.join(f'rank {r}: {format_bytes(b)}' for r, b in enumerate(per_rank)))
         if is_main_process():
             with open(osp.join(runner.work_dir, 'peak_memory.json'), 'w') as f:
-                json.dump(dict(peak_bytes=peak.peak_bytes, iteration=self.at_iter, device=str(peak.device)), f)
+                json.dump(dict(peak_bytes=peak.peak_bytes, per_rank=per_rank, iteration=self.at_iter,
+                               device=str(peak.device)), f)
 
     def after_train(self, runner) -> None:
         if self._peak is not None:  # training stopped inside the measured iteration

@@ -1,22 +1,50 @@
-"""Base of task models whose backbone is split into K gradient-isolated units."""
+"""The local-learning mechanism, once: every task model (classifier, segmentor, detectors) is a
+thin adapter on :class:`LocalLearningModel`.
+
+The mechanism owns the split backbone (:class:`~localvision.models.split.StagedTimm`), the
+local objectives of modules 0..K-2, the context supply at the cuts, the store of detached
+levels that later units' heads read, ``make_context`` / ``forward_unit`` / ``unit_parameters``
+(the :class:`~localvision.structures.LocalUnits` contract the executors, the data-parallel
+wrapper and the module-parallel stages use), the profiling that balances the split, and
+inference through the modules. A task adapter supplies only what is task specific:
+
+- :meth:`task_heads`: its heads (neck, decode / detection heads, the timm classifier head),
+  the levels each reads and whether the last unit trains it;
+- :meth:`head_loss`: one head's losses on the levels (and the backbone output);
+- :meth:`task_targets`: the targets the local objectives read, from its data samples;
+- :meth:`dummy_data_samples`: data samples for the split profiler's dry run;
+- :meth:`objective_defaults`: task settings every local objective gets (``ignore_index``).
+
+A head is trained in the unit that produces the last level it reads (an mmseg auxiliary head on
+layer3), or in the last unit (``last=True``: the decode head, the neck). Levels produced by a
+unit and read by a head of a later unit are kept **detached** in ``ctx.extras``, so no gradient
+crosses a cut.
+"""
 from __future__ import annotations
 
-from localvision.errors import InputError
-
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from mmengine.model import BaseModel
+import torch.nn as nn
 from mmengine.optim import OptimWrapper
+from mmengine.registry import DefaultScope
 
-from localvision.registry import EXECUTORS
+from localvision.errors import InputError
+from localvision.registry import EXECUTORS, MODELS
+from localvision.structures.local_context import LocalContext
 
-from .objectives.base import LocalContext
+from .context import build_context
+from .objectives.base import build_objective, per_module_configs, pixel_stats
+from .split import StagedTimm
 
 Tensor = torch.Tensor
 
+LEVELS_KEY = 'levels'  # ctx.extras: {level index: detached map} of finished units
+
 
 def build_executor(cfg: Optional[dict]):
+    """The executor of ``model.executor`` (default ``PerModuleBackward``), checked by name."""
     import localvision.engine  # noqa: F401  (fills the registry)
     cfg = dict(cfg or dict(type='PerModuleBackward'))
     allowed = sorted(EXECUTORS.module_dict)
@@ -25,33 +53,194 @@ def build_executor(cfg: Optional[dict]):
     return EXECUTORS.build(cfg)
 
 
-class LocalLearningModel(BaseModel):
-    """An mmengine model trained unit by unit (see :mod:`localvision.engine.executors`).
+def build_backbone(cfg: dict, split: Optional[dict], **defaults) -> StagedTimm:
+    """``model.backbone`` through localvision's registry (``type='StagedTimm'`` when omitted)."""
+    cfg = dict(cfg)
+    cfg.setdefault('type', 'StagedTimm')
+    if cfg['type'] in ('StagedTimm', 'localvision.StagedTimm'):
+        cfg['type'] = 'StagedTimm'
+    else:
+        raise InputError(f"model.backbone.type={cfg['type']!r} cannot be split into gradient-isolated modules; "
+                         "localvision task models take type='StagedTimm' with any timm model_name "
+                         "(e.g. dict(type='StagedTimm', model_name='resnet50d')); with an inherited config, "
+                         'add _delete_=True to replace the base backbone')
+    for k, v in defaults.items():
+        cfg.setdefault(k, v)
+    cfg['split'] = split
+    return MODELS.build(cfg)
 
-    Subclasses implement ``num_units``, ``make_context(inputs, data_samples)`` and
-    ``forward_unit(k, h, ctx) -> (h_out, losses)``; ``train_step`` hands them to the executor
-    (``model.executor`` in the config, ``PerModuleBackward`` by default). With one unit this is
-    plain end-to-end training through the same code.
+
+@dataclass
+class TaskHead:
+    """What a task adapter tells the mechanism about one of its heads (or a neck and its heads).
+
+    Attributes:
+        name: passed back to :meth:`LocalLearningModel.head_loss`.
+        modules: its trainable modules (trained by the unit that trains the head).
+        levels: the backbone levels it reads (indices into ``backbone.level_blocks``).
+        last: trained by the last unit whatever it reads (decode heads, necks, classifier heads);
+            otherwise by the unit producing the last level it reads.
     """
 
-    def __init__(self, executor: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.executor = build_executor(executor)
+    name: str
+    modules: List[nn.Module] = field(default_factory=list)
+    levels: List[int] = field(default_factory=list)
+    last: bool = True
 
+
+class LocalLearningModel:
+    """Mixin of the task models trained unit by unit (put it first among the bases).
+
+    The adapter's ``__init__`` calls :meth:`init_backbone` (the split backbone and the
+    executor), builds its heads from ``self.backbone.level_channels()``, then calls
+    :meth:`init_units` (resolves the split, builds the local objectives and the context supply,
+    checks that every unit trains something). ``train_step`` hands the units to the executor
+    (``model.executor``: ``PerModuleBackward`` by default, which runs unit k's backward before
+    unit k+1's forward). With one unit this is plain end-to-end training through the same code.
+    """
+
+    backbone: StagedTimm
+
+    # -- construction ------------------------------------------------------------------------
+    def init_backbone(self, backbone: dict, split: Optional[dict], executor: Optional[dict] = None,
+                      **backbone_defaults) -> None:
+        with DefaultScope.overwrite_default_scope('localvision'):  # localvision's own registries
+            self.executor = build_executor(executor)
+            self.backbone = build_backbone(backbone, split, **backbone_defaults)
+
+    def init_units(self, local_objective: Union[dict, List[dict], None], context: Optional[dict],
+                   num_classes: int) -> None:
+        self.num_classes = num_classes
+        bb = self.backbone
+        self._heads = self.task_heads()
+        self._check_head_levels()
+        k = bb.requested_num_modules()
+        with DefaultScope.overwrite_default_scope('localvision'):
+            cfgs = [dict(self.objective_defaults(), **c) for c in per_module_configs(local_objective, k - 1)]
+            heads = [m for h in self._heads for m in h.modules]
+            bb.resolve_split(exit_loss=self._exit_cost_fn(cfgs), tail_loss=self._tail_cost_fn(),
+                             extra_modules=heads)
+            self.objectives = nn.ModuleList(
+                build_objective(c, bb.out_channels(i), num_classes, i, k, in_stride=bb.module_reduction(i))
+                for i, c in enumerate(cfgs))
+            outs = [bb.out_channels(i) for i in range(bb.num_modules)]
+            self.context = build_context(context, [bb.input_size[0]] + outs[:-1], outs,
+                                         [bb.module_reduction(i) for i in range(bb.num_modules)],
+                                         field_name='model.context')
+        self._plan_units()
+
+    def _check_head_levels(self) -> None:
+        n = self.backbone.num_levels
+        for head in self._heads:
+            bad = [j for j in head.levels if not 0 <= j < n]
+            if bad:
+                raise InputError(f'{head.name} reads level(s) {bad}, but the backbone produces {n} levels (blocks '
+                                 f'{self.backbone.level_blocks}); allowed: 0..{n - 1} (set model.backbone.out_stages '
+                                 '/ out_blocks for other levels)')
+
+    def _plan_units(self) -> None:
+        """Which unit trains each head, and which levels each unit must keep for later units."""
+        last = self.num_units - 1
+        producers = self.backbone.level_modules()
+        self.head_units: Dict[str, int] = {
+            h.name: last if h.last or not h.levels else max(producers[j] for j in h.levels) for h in self._heads}
+        self._unit_heads: List[List[TaskHead]] = [[h for h in self._heads if self.head_units[h.name] == k]
+                                                  for k in range(self.num_units)]
+        # levels unit k computes: those its heads read and those heads of later units read (kept detached)
+        self._keep_after: List[set] = []
+        self._wanted: List[set] = []
+        for k in range(self.num_units):
+            later = {j for u in self._unit_heads[k + 1:] for h in u for j in h.levels}
+            self._keep_after.append(later)
+            self._wanted.append(later | {j for h in self._unit_heads[k] for j in h.levels})
+        if self.num_units > 1:  # something in the last unit must read what the last module makes
+            last_heads = self._unit_heads[last]
+            reads_last = any(not h.levels or any(producers[j] == last for j in h.levels) for h in last_heads)
+            if not reads_last:
+                names = ', '.join(h.name for h in last_heads) or 'no head'
+                raise InputError(f'{names} read(s) only levels produced before the last of the K={self.num_units} '
+                                 f'modules, so nothing would train the last module (blocks '
+                                 f'{list(self.backbone.module_ranges()[-1])}); move the cuts or read a level of '
+                                 'the last module (model.backbone.out_stages / out_blocks, in_index)')
+
+    # -- what a task adapter supplies -----------------------------------------------------------
+    def task_heads(self) -> List[TaskHead]:
+        raise NotImplementedError
+
+    def head_loss(self, name: str, out: Tensor, feats: List[Optional[Tensor]],
+                  ctx: LocalContext) -> Dict[str, Tensor]:
+        """Losses of head ``name`` on ``feats`` (one entry per level; ``None`` where no head of
+        this unit reads it) and the backbone output ``out``."""
+        raise NotImplementedError
+
+    def task_targets(self, data_samples: list, device: torch.device):
+        raise NotImplementedError
+
+    def dummy_data_samples(self, n: int, device: torch.device) -> list:
+        """``n`` data samples of ``backbone.input_size`` for the split profiler's dry run."""
+        raise NotImplementedError
+
+    def objective_defaults(self) -> dict:
+        return {}
+
+    # -- units (the LocalUnits contract) -------------------------------------------------------
     @property
     def num_units(self) -> int:
-        raise NotImplementedError
+        return self.backbone.num_modules
 
     def make_context(self, inputs: Tensor, data_samples: Optional[list]) -> LocalContext:
-        raise NotImplementedError
+        targets = None
+        if data_samples is not None and len(data_samples):
+            targets = self.task_targets(data_samples, inputs.device)
+        mean, std = pixel_stats(self.data_preprocessor)
+        return LocalContext(inputs=inputs, targets=targets, data_samples=data_samples,
+                            img_hw=tuple(inputs.shape[-2:]), pixel_mean=mean, pixel_std=std)
+
+    def module_input(self, k: int, h: Tensor, ctx: LocalContext) -> Tensor:
+        """What module k runs on: ``h`` itself, or ``h`` plus the context supply's projections."""
+        if self.context is None:
+            return h
+        return self.context(k, h, ctx, self.backbone.to_map)
 
     def forward_unit(self, k: int, h: Tensor, ctx: LocalContext) -> Tuple[Tensor, Dict[str, Tensor]]:
-        raise NotImplementedError
+        """Unit k: module k (on its input plus context), its local loss (k < K-1) and the losses of
+        the heads it trains. Returns the module output (detached by the caller) and the losses."""
+        stored: Dict[int, Tensor] = ctx.extras.setdefault(LEVELS_KEY, {})
+        if k == 0:
+            stored.clear()
+        out, live = self.backbone.forward_module_levels(k, self.module_input(k, h, ctx), ctx.img_hw,
+                                                        self._wanted[k])
+        for j, f in live.items():
+            if j in self._keep_after[k]:
+                stored[j] = f.detach()
+        losses: Dict[str, Tensor] = {}
+        if k < self.num_units - 1:
+            local = self.objectives[k](self.backbone.to_map(out, ctx.img_hw), ctx)
+            losses.update({f'm{k}.{n}': v for n, v in local.items()})
+        heads = self._unit_heads[k]
+        if heads:
+            feats = [live.get(j, stored.get(j)) for j in range(self.backbone.num_levels)]
+            for head in heads:
+                missing = [j for j in head.levels if feats[j] is None]
+                if missing:
+                    raise RuntimeError(f'{head.name}: levels {missing} were not produced; run the units in order '
+                                       '0..K-1 with one LocalContext per batch')
+                losses.update(self.head_loss(head.name, out, feats, ctx))
+        if k == self.num_units - 1:
+            stored.clear()
+        return out, losses
 
-    def unit_parameters(self, k: int) -> List[torch.nn.Parameter]:
+    def unit_parameters(self, k: int) -> List[nn.Parameter]:
         """Parameters trained by unit k's loss."""
-        raise NotImplementedError
+        params = list(self.backbone.module_parameters(k))
+        if k < self.num_units - 1:
+            params += list(self.objectives[k].parameters())
+        for head in self._unit_heads[k]:
+            for m in head.modules:
+                params += list(m.parameters())
+        if self.context is not None:
+            params += self.context.parameters_of_module(k)
+        return params
 
     def forward_all_units(self, ctx: LocalContext) -> Dict[str, Tensor]:
         """All units with their losses; inputs detached at the cuts (no graph crosses a cut)."""
@@ -71,3 +260,74 @@ class LocalLearningModel(BaseModel):
             data = self.data_preprocessor(data, True)
         ctx = self.make_context(data['inputs'], data['data_samples'])
         return self.executor(self, ctx, optim_wrapper, grad_sync=grad_sync)
+
+    # -- inference: the plain backbone path (with the context supply, no auxiliary nets) --------
+    def extract_levels(self, inputs: Tensor, levels: Optional[Sequence[int]] = None
+                       ) -> Tuple[Tensor, List[Optional[Tensor]]]:
+        """All modules in a row: the backbone output and its levels (``None`` for levels not in
+        ``levels``, default all)."""
+        img_hw = tuple(inputs.shape[-2:])
+        ctx = LocalContext(inputs=inputs, img_hw=img_hw)
+        want = set(range(self.backbone.num_levels)) if levels is None else set(levels)
+        found: Dict[int, Tensor] = {}
+        h = inputs
+        for k in range(self.num_units):
+            h, lv = self.backbone.forward_module_levels(k, self.module_input(k, h, ctx), img_hw, want)
+            found.update(lv)
+        return h, [found.get(j) for j in range(self.backbone.num_levels)]
+
+    # -- split profiling (balanced strategy) ------------------------------------------------------
+    def _profile_context(self, n: int, device: torch.device) -> LocalContext:
+        image = torch.zeros(n, *self.backbone.input_size, device=device)
+        return self.make_context(image, self.dummy_data_samples(n, device))
+
+    def _exit_cost_fn(self, cfgs: List[dict]):
+        """For the balanced split: the first local objective, put on block i's output."""
+        if not cfgs:
+            return None
+        cache: Dict[Tuple[int, int], nn.Module] = {}
+        contexts: Dict[int, LocalContext] = {}
+        seq = self.backbone.seq
+
+        def exit_loss(i: int, fmap: Tensor) -> Tensor:
+            key = (fmap.shape[1], seq.infos[i].reduction)
+            if key not in cache:
+                cache[key] = build_objective(cfgs[0], fmap.shape[1], self.num_classes, 0, len(cfgs) + 1,
+                                             in_stride=seq.infos[i].reduction).to(fmap.device)
+            if fmap.shape[0] not in contexts:
+                contexts[fmap.shape[0]] = self._profile_context(fmap.shape[0], fmap.device)
+            return sum(v for n, v in cache[key](fmap, contexts[fmap.shape[0]]).items() if 'loss' in n)
+        return exit_loss
+
+    def _tail_cost_fn(self):
+        """What the heads of the last unit save, counted with the last module: they run on the last
+        block's output and on zeros shaped like the levels of earlier modules (they save the same)."""
+        bb = self.backbone
+        last_block = len(bb.seq) - 1
+        heads = [h for h in self._heads if h.last]
+        if not heads:
+            return None
+        read = {j for h in heads for j in h.levels}
+
+        def tail_loss(x: Tensor) -> Tensor:
+            n = x.shape[0]
+            ctx = self._profile_context(n, x.device)
+            fmap = bb.to_map(x, tuple(bb.input_size[-2:]))
+            feats = [None if j not in read else fmap if b == last_block else torch.zeros(s, device=x.device)
+                     for j, (b, s) in enumerate(zip(bb.level_blocks, bb.level_shapes(n)))]
+            total = torch.zeros((), device=x.device)
+            for head in heads:
+                total = total + sum(_sum_means(v) for name, v in self.head_loss(head.name, x, feats, ctx).items()
+                                    if 'loss' in name)
+            return total
+        return tail_loss
+
+
+def _sum_means(out) -> Tensor:
+    """A scalar from (nested) loss values."""
+    if isinstance(out, Tensor):
+        return out.float().mean()
+    if isinstance(out, (list, tuple)):
+        vals = [_sum_means(o) for o in out if o is not None]
+        return sum(vals) if vals else torch.zeros(())
+    return torch.zeros(())

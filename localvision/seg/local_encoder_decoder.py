@@ -1,26 +1,21 @@
 """Semantic segmentation (mmseg) with a timm backbone split into K gradient-isolated modules."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 from mmengine.config import ConfigDict
-from mmengine.registry import DefaultScope
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.utils import add_prefix
 
 from localvision.errors import InputError
-from localvision.models.context import build_context
-from localvision.models.local_model import LocalLearningModel, build_executor
-from localvision.models.objectives.base import LocalContext, build_objective, per_module_configs, pixel_stats
-from localvision.models.split import StagedTimm
+from localvision.models.local_model import LocalLearningModel, TaskHead
+from localvision.structures.local_context import LocalContext
 
 Tensor = torch.Tensor
-
-LEVELS_KEY = 'seg.levels'
 
 
 def _as_list(v) -> List[int]:
@@ -28,29 +23,29 @@ def _as_list(v) -> List[int]:
 
 
 @MODELS.register_module()
-class LocalEncoderDecoder(EncoderDecoder):
+class LocalEncoderDecoder(LocalLearningModel, EncoderDecoder):
     """mmseg's EncoderDecoder whose timm backbone is trained module by module.
 
-    The backbone is a :class:`~localvision.models.split.StagedTimm` (any timm ResNet / ConvNeXt /
-    ViT; e.g. ``resnet50d`` with ``output_stride=8``) cut into K modules. Module k < K-1 is
-    trained by its local objective (e.g. ``InfoProSeg``) on its output map; the last module is
-    trained by the decode head (and the neck, if any). The backbone's *levels* (what the neck /
-    decode head index with ``in_index``) are the outputs of the stages in ``out_indices`` (for a
-    ResNet: stage 1..4 = layer1..layer4, i.e. ``out_indices=(1, 2, 3, 4)`` is mmseg's ResNet's
-    ``(0, 1, 2, 3)``), or of the blocks in ``out_blocks``. Levels produced by earlier modules
-    reach the decode head **detached**, so no gradient crosses a cut. An mmseg
-    ``auxiliary_head`` (e.g. the FCN head on layer3) is trained in the unit that produces its
-    levels. K=1 is plain EncoderDecoder training of the same network.
+    The backbone is a :class:`~localvision.models.split.StagedTimm` (any supported timm model;
+    e.g. ``resnet50d`` with ``output_stride=8``) cut into K modules. Module k < K-1 is trained by
+    its local objective (e.g. ``InfoProSeg``) on its output map; the last module is trained by
+    the decode head (and the neck, if any). The backbone's *levels* (what the neck / decode head
+    index with ``in_index``) are the outputs of the backbone stages in ``backbone.out_stages``
+    (a ResNet's layer1..layer4 are ``(1, 2, 3, 4)``; stage 0 is the stem) or of the blocks in
+    ``backbone.out_blocks``. Levels produced by earlier modules reach the decode head
+    **detached**, so no gradient crosses a cut. An mmseg ``auxiliary_head`` (e.g. the FCN head on
+    layer3) is trained in the unit that produces its levels. K=1 is plain EncoderDecoder
+    training of the same network.
 
     ``loss`` / ``predict`` / ``tensor`` modes are EncoderDecoder's; ``predict`` runs the plain
     backbone path (with the context supply, if any) and the decode head, no auxiliary nets.
 
     Args:
-        backbone: ``dict(model_name=..., pretrained=False, **timm_kwargs)`` (``type`` ignored).
-        decode_head / neck / auxiliary_head / train_cfg / test_cfg: as for EncoderDecoder.
-        split: see :class:`StagedTimm` (``num_modules``/``cuts``/``strategy``/``input_size``).
-        out_indices: stages whose last block output is a level (default: every stage after the stem).
-        out_blocks: flat block indices giving the levels instead (e.g. ViT ``(3, 6, 9, 12)``).
+        backbone: ``dict(type='StagedTimm', model_name=..., pretrained=False, out_stages=...,
+            frozen_stages=-1, norm_eval=False, **timm_kwargs)``.
+        decode_head / neck / auxiliary_head / train_cfg / test_cfg: as for EncoderDecoder; the
+            heads' ``in_channels`` follow the backbone levels when there is no neck.
+        split: ``dict(num_modules=K, strategy=...)`` or ``dict(cuts=[...])`` (see :class:`StagedTimm`).
         local_objective: one objective config for all local modules, or a list of K-1.
         context: context supply at the cuts (``dict(type='ContSup', variant='R1')``) or ``None``.
         executor: ``PerModuleBackward`` (default) or ``JointBackward``.
@@ -59,7 +54,6 @@ class LocalEncoderDecoder(EncoderDecoder):
     def __init__(self, backbone: dict, decode_head: dict, neck: Optional[dict] = None,
                  auxiliary_head: Union[dict, List[dict], None] = None, train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None, split: Optional[dict] = None,
-                 out_indices: Optional[Sequence[int]] = None, out_blocks: Optional[Sequence[int]] = None,
                  local_objective: Union[dict, List[dict], None] = None, context: Optional[dict] = None,
                  executor: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
                  pretrained: Optional[str] = None, init_cfg: Optional[dict] = None) -> None:
@@ -67,12 +61,7 @@ class LocalEncoderDecoder(EncoderDecoder):
         if pretrained is not None:
             raise InputError('model.pretrained is not used by LocalEncoderDecoder; give local weights with '
                              "model.backbone.checkpoint_path='/path/to/weights.pth'")
-        with DefaultScope.overwrite_default_scope('localvision'):  # localvision's own registries
-            self.executor = build_executor(executor)
-        backbone = {k: v for k, v in dict(backbone).items() if k not in ('type', 'features_only', 'out_indices')}
-        backbone.setdefault('num_classes', 0)
-        self.backbone = StagedTimm(split=split, **backbone)
-        self.level_blocks = self.backbone.level_blocks(out_indices, out_blocks)
+        self.init_backbone(backbone, split, executor, num_classes=0)
         if neck is not None:
             self.neck = MODELS.build(neck)
         else:  # the heads' in_channels follow the backbone, so swapping it is one line
@@ -87,252 +76,87 @@ class LocalEncoderDecoder(EncoderDecoder):
         self.train_cfg = ConfigDict(train_cfg or {})
         self.test_cfg = ConfigDict(test_cfg or dict(mode='whole'))
         self.ignore_index = getattr(self.decode_head, 'ignore_index', 255)
-        self._check_in_index()
-
-        k = self.backbone.requested_num_modules()
-        with DefaultScope.overwrite_default_scope('localvision'):  # objectives and context: localvision's registries
-            cfgs = per_module_configs(local_objective, k - 1)
-            for c in cfgs:
-                c.setdefault('ignore_index', self.ignore_index)
-            self.backbone.resolve_split(exit_loss=self._exit_cost_fn(cfgs), tail_loss=self._tail_cost_fn(),
-                                        extra_modules=[self.decode_head])
-            self.objectives = nn.ModuleList(
-                build_objective(c, self.backbone.out_channels(i), self.num_classes, i, k) for i, c in enumerate(cfgs))
-            bb = self.backbone
-            outs = [bb.out_channels(i) for i in range(bb.num_modules)]
-            reductions = [bb.seq.infos[r[-1]].reduction for r in bb.module_ranges()]
-            self.context = build_context(context, [bb.input_size[0]] + outs[:-1], outs, reductions,
-                                         field_name='model.context')
-        self._check_decode_levels()
-
-    # -- levels ----------------------------------------------------------------------------
-    def level_channels(self) -> List[int]:
-        return [self.backbone.seq.infos[b].num_chs for b in self.level_blocks]
+        self.init_units(local_objective, context, self.num_classes)
 
     def _fill_in_channels(self, head: dict, field: str) -> dict:
         """``head.in_channels`` from the backbone levels its ``in_index`` reads."""
         head = dict(head)
-        n, chans = self.num_levels, self.level_channels()
+        n, chans = self.backbone.num_levels, self.backbone.level_channels()
         idx = head.get('in_index', -1)
         bad = [i for i in _as_list(idx) if not -n <= i < n]
         if bad:
             raise InputError(f'{field}.in_index={idx} points at level(s) {bad}, but the backbone produces {n} '
-                             f'levels (blocks {self.level_blocks}, channels {chans}); allowed: 0..{n - 1} '
-                             '(set model.out_indices / model.out_blocks for other levels)')
+                             f'levels (blocks {self.backbone.level_blocks}, channels {chans}); allowed: 0..{n - 1} '
+                             '(set model.backbone.out_stages / out_blocks for other levels)')
         head['in_channels'] = [chans[i] for i in idx] if isinstance(idx, (list, tuple)) else chans[idx]
         return head
 
-    @property
-    def num_levels(self) -> int:
-        return len(self.level_blocks)
-
-    def _head_in_index(self, head: nn.Module) -> List[int]:
-        return _as_list(getattr(head, 'in_index', -1))
-
-    def _heads_reading_backbone(self) -> List[Tuple[str, nn.Module]]:
-        """Heads whose ``in_index`` points at backbone levels (not at a neck's outputs)."""
-        if self.with_neck:
-            return []
-        heads = [('model.decode_head', self.decode_head)]
-        if self.with_auxiliary_head:
-            aux = self.auxiliary_head
-            if isinstance(aux, nn.ModuleList):
-                heads += [(f'model.auxiliary_head[{i}]', h) for i, h in enumerate(aux)]
-            else:
-                heads.append(('model.auxiliary_head', aux))
-        return heads
-
-    def _check_in_index(self) -> None:
-        n = self.num_levels
-        for field, head in self._heads_reading_backbone():
-            idx = self._head_in_index(head)
-            bad = [i for i in idx if not -n <= i < n]
-            if bad:
-                raise InputError(f'{field}.in_index={idx if len(idx) > 1 else idx[0]} points at level(s) {bad}, but '
-                                 f'the backbone produces {n} levels (blocks {self.level_blocks}); allowed: '
-                                 f'0..{n - 1} (set model.out_indices / model.out_blocks for other levels)')
-
-    def level_units(self) -> List[int]:
-        """Which unit produces each level."""
-        return [self.backbone.module_of_block(b) for b in self.level_blocks]
-
-    def _check_decode_levels(self) -> None:
-        if self.num_units == 1 or self.with_neck:
-            return
-        units = self.level_units()
-        idx = self._head_in_index(self.decode_head)
-        if all(units[i] < self.num_units - 1 for i in idx):
-            raise InputError(f'model.decode_head.in_index={idx} reads only levels produced before the last of the '
-                             f'K={self.num_units} modules, so nothing would train the last module; point it at a '
-                             f'level of blocks {list(self.backbone.module_ranges()[-1])}')
-
-    def _levels_read_after(self, k: int) -> set:
-        """Levels read by the neck / heads that run in units after k."""
-        if self.with_neck:
-            return set(range(self.num_levels))
-        n = self.num_levels
-        read = {i % n for i in self._head_in_index(self.decode_head)}
-        if self.with_auxiliary_head:
-            heads = self.auxiliary_head if isinstance(self.auxiliary_head, nn.ModuleList) else [self.auxiliary_head]
-            for head, u in zip(heads, self.aux_head_units()):
-                if u > k:
-                    read |= {i % n for i in self._head_in_index(head)}
-        return read
-
-    def aux_head_units(self) -> List[int]:
-        """The unit that trains each auxiliary head: the one producing the last level it reads."""
+    def _aux_heads(self) -> List[nn.Module]:
         if not self.with_auxiliary_head:
             return []
-        heads = self.auxiliary_head if isinstance(self.auxiliary_head, nn.ModuleList) else [self.auxiliary_head]
+        aux = self.auxiliary_head
+        return list(aux) if isinstance(aux, nn.ModuleList) else [aux]
+
+    def _aux_name(self, i: int) -> str:
+        return f'aux_{i}' if isinstance(self.auxiliary_head, nn.ModuleList) else 'aux'
+
+    # -- what the mechanism needs from segmentation ------------------------------------------
+    def task_heads(self) -> List[TaskHead]:
+        """With a neck: neck, decode head and auxiliary heads read every level in the last unit.
+        Without: the decode head in the last unit, each auxiliary head in the unit producing the
+        last level its ``in_index`` reads."""
+        n = self.backbone.num_levels
         if self.with_neck:
-            return [self.num_units - 1] * len(heads)
-        units = self.level_units()
-        return [max(units[i] for i in self._head_in_index(h)) for h in heads]
+            return [TaskHead('decode', [self.neck, self.decode_head] + self._aux_heads(), list(range(n)))]
 
-    # -- split profiling (balanced strategy) ----------------------------------------------
-    def _exit_cost_fn(self, cfgs: List[dict]):
-        if not cfgs:
+        def levels(head: nn.Module) -> List[int]:
+            return sorted({i % n for i in _as_list(getattr(head, 'in_index', -1))})
+        heads = [TaskHead('decode', [self.decode_head], levels(self.decode_head))]
+        heads += [TaskHead(self._aux_name(i), [h], levels(h), last=False) for i, h in enumerate(self._aux_heads())]
+        return heads
+
+    def head_loss(self, name: str, out: Tensor, feats: list, ctx: LocalContext) -> Dict[str, Tensor]:
+        if name == 'decode':
+            if self.with_neck:
+                feats = self.neck(feats)
+                losses = self._decode_head_forward_train(feats, ctx.data_samples)
+                if self.with_auxiliary_head:
+                    losses.update(self._auxiliary_head_forward_train(feats, ctx.data_samples))
+                return losses
+            return self._decode_head_forward_train(feats, ctx.data_samples)
+        i = 0 if name == 'aux' else int(name.split('_')[1])
+        return add_prefix(self._aux_heads()[i].loss(feats, ctx.data_samples, self.train_cfg), name)
+
+    def objective_defaults(self) -> dict:
+        return dict(ignore_index=self.ignore_index)
+
+    def task_targets(self, data_samples: list, device: torch.device) -> Optional[Tensor]:
+        if 'gt_sem_seg' not in data_samples[0]:
             return None
-        cache: Dict[int, nn.Module] = {}
-
-        def exit_loss(i: int, fmap: Tensor) -> Tensor:
-            c = fmap.shape[1]
-            if c not in cache:
-                cache[c] = build_objective(cfgs[0], c, self.num_classes, 0, len(cfgs) + 1).to(fmap.device)
-            image = torch.zeros(fmap.shape[0], *self.backbone.input_size, device=fmap.device)
-            targets = torch.zeros(fmap.shape[0], *image.shape[-2:], dtype=torch.long, device=fmap.device)
-            ctx = LocalContext(inputs=image, targets=targets, img_hw=tuple(image.shape[-2:]))
-            return sum(v for n, v in cache[c](fmap, ctx).items() if 'loss' in n)
-        return exit_loss
-
-    def _tail_cost_fn(self):
-        """The decode head's cost on the last block's output, when that is all it reads."""
-        last = len(self.backbone.seq) - 1
-        idx = [i % self.num_levels for i in self._head_in_index(self.decode_head)]
-        if self.with_neck or any(self.level_blocks[i] != last for i in idx):
-            return None
-
-        def tail_loss(x: Tensor) -> Tensor:
-            fmap = self.backbone.to_map(x, tuple(self.backbone.input_size[-2:]))
-            feats = [fmap if b == last else None for b in self.level_blocks]
-            return self.decode_head.forward(feats).float().mean()
-        return tail_loss
-
-    # -- units -----------------------------------------------------------------------------
-    @property
-    def num_units(self) -> int:
-        return self.backbone.num_modules
-
-    def make_context(self, inputs: Tensor, data_samples: Optional[list]) -> LocalContext:
-        targets = None
-        if data_samples is not None and len(data_samples) and 'gt_sem_seg' in data_samples[0]:
-            targets = torch.stack([ds.gt_sem_seg.data.reshape(ds.gt_sem_seg.data.shape[-2:])
-                                   for ds in data_samples]).long().to(inputs.device)
-            self._check_labels(targets)
-        mean, std = pixel_stats(self.data_preprocessor)
-        return LocalContext(inputs=inputs, targets=targets, data_samples=data_samples,
-                            img_hw=tuple(inputs.shape[-2:]), pixel_mean=mean, pixel_std=std)
-
-    def _check_labels(self, targets: Tensor) -> None:
+        targets = torch.stack([ds.gt_sem_seg.data.reshape(ds.gt_sem_seg.data.shape[-2:])
+                               for ds in data_samples]).long().to(device)
         bad = (targets != self.ignore_index) & ((targets < 0) | (targets >= self.num_classes))
         if bool(bad.any()):
             vals = sorted(set(targets[bad].unique().tolist()))[:10]
             raise InputError(f'label values {vals} are outside the class range 0..{self.num_classes - 1} '
                              f'(and are not ignore_index={self.ignore_index}); check the annotations, '
                              'model.decode_head.num_classes and the data set\'s reduce_zero_label')
+        return targets
 
-    def module_input(self, k: int, h: Tensor, ctx: LocalContext) -> Tensor:
-        if self.context is None:
-            return h
-        return self.context(k, h, ctx, self.backbone.to_map)
+    def dummy_data_samples(self, n: int, device: torch.device) -> list:
+        from mmengine.structures import PixelData
+        from mmseg.structures import SegDataSample
+        h, w = self.backbone.input_size[-2:]
+        samples = []
+        for _ in range(n):
+            ds = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+            ds.gt_sem_seg = PixelData(data=torch.zeros(1, h, w, dtype=torch.long, device=device))
+            samples.append(ds)
+        return samples
 
-    def _run_module(self, k: int, x: Tensor, img_hw: Tuple[int, int]) -> Tuple[Tensor, Dict[int, Tensor]]:
-        """Module k's blocks; returns its output and the levels produced on the way."""
-        seq = self.backbone.seq
-        r = self.backbone.module_ranges()[k]
-        last = len(seq) - 1
-        levels: Dict[int, Tensor] = {}
-        for i in r:
-            x = seq.blocks[i](x)
-            if i == last:
-                x = seq.final_norm(x)
-            for j, b in enumerate(self.level_blocks):
-                if b == i:
-                    levels[j] = self.backbone.to_map(x, img_hw)
-        return x, levels
-
-    def _aux_losses(self, k: int, feats: List[Optional[Tensor]], data_samples: list) -> Dict[str, Tensor]:
-        losses: Dict[str, Tensor] = {}
-        if not self.with_auxiliary_head:
-            return losses
-        units = self.aux_head_units()
-        if isinstance(self.auxiliary_head, nn.ModuleList):
-            for i, (head, u) in enumerate(zip(self.auxiliary_head, units)):
-                if u == k:
-                    losses.update(add_prefix(head.loss(feats, data_samples, self.train_cfg), f'aux_{i}'))
-        elif units[0] == k:
-            losses.update(add_prefix(self.auxiliary_head.loss(feats, data_samples, self.train_cfg), 'aux'))
-        return losses
-
-    def forward_unit(self, k: int, h: Tensor, ctx: LocalContext) -> Tuple[Tensor, Dict[str, Tensor]]:
-        stored: Dict[int, Tensor] = ctx.extras.setdefault(LEVELS_KEY, {})
-        if k == 0:
-            stored.clear()
-        out, live = self._run_module(k, self.module_input(k, h, ctx), ctx.img_hw)
-        # earlier modules' levels are detached: no gradient crosses a cut
-        feats = [live.get(j, stored.get(j)) for j in range(self.num_levels)]
-        losses: Dict[str, Tensor] = {}
-        if k < self.num_units - 1:
-            later = self._levels_read_after(k)
-            for j, f in live.items():
-                if j in later:  # kept (detached) only when a later unit's head reads it
-                    stored[j] = f.detach()
-            local = self.objectives[k](self.backbone.to_map(out, ctx.img_hw), ctx)
-            losses.update({f'm{k}.{n}': v for n, v in local.items()})
-            losses.update(self._aux_losses(k, feats, ctx.data_samples))
-            return out, losses
-        missing = [j for j in self._levels_read_after(k - 1) if feats[j] is None]
-        assert not missing, f'levels {missing} were not produced'
-        if self.with_neck:
-            feats = self.neck(feats)
-        losses.update(self._decode_head_forward_train(feats, ctx.data_samples))
-        losses.update(self._aux_losses(k, feats, ctx.data_samples))
-        stored.clear()
-        return out, losses
-
-    forward_all_units = LocalLearningModel.forward_all_units
-    train_step = LocalLearningModel.train_step
-
-    def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
-        return self.forward_all_units(self.make_context(inputs, data_samples))
-
-    def unit_parameters(self, k: int) -> List[nn.Parameter]:
-        params = list(self.backbone.module_parameters(k))
-        if k < self.num_units - 1:
-            params += list(self.objectives[k].parameters())
-        else:
-            params += list(self.decode_head.parameters())
-            if self.with_neck:
-                params += list(self.neck.parameters())
-        if self.with_auxiliary_head:
-            heads = self.auxiliary_head if isinstance(self.auxiliary_head, nn.ModuleList) else [self.auxiliary_head]
-            for head, u in zip(heads, self.aux_head_units()):
-                if u == k:
-                    params += list(head.parameters())
-        if self.context is not None:
-            params += self.context.parameters_of_module(k)
-        return params
-
-    # -- inference: the plain backbone path -------------------------------------------------
+    # -- inference: the plain backbone path ---------------------------------------------------
     def extract_feat(self, inputs: Tensor) -> List[Tensor]:
-        img_hw = tuple(inputs.shape[-2:])
-        ctx = LocalContext(inputs=inputs, img_hw=img_hw)
-        levels: Dict[int, Tensor] = {}
-        h = inputs
-        for k in range(self.num_units):
-            h, lv = self._run_module(k, self.module_input(k, h, ctx), img_hw)
-            levels.update(lv)
-        feats = [levels[j] for j in range(self.num_levels)]
+        feats = self.extract_levels(inputs)[1]
         if self.with_neck:
             feats = self.neck(feats)
         return feats

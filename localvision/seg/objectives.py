@@ -92,8 +92,8 @@ class SegReconDecoder(nn.Module):
         return x
 
 
-@OBJECTIVES.register_module(name='InfoProSeg')
-class InfoProSegObjective(LocalObjective):
+@OBJECTIVES.register_module()
+class InfoProSeg(LocalObjective):
     """InfoPro for segmentation: ``lambda_recon * L_recon + lambda_task * L_seg``.
 
     Args:
@@ -149,8 +149,8 @@ class InfoProSegObjective(LocalObjective):
         return losses
 
 
-@OBJECTIVES.register_module(name='SegGreedy')
-class SegGreedyObjective(InfoProSegObjective):
+@OBJECTIVES.register_module()
+class SegGreedy(InfoProSeg):
     """Greedy local learning for segmentation: the auxiliary segmentation head's CE only."""
 
     def __init__(self, in_channels: int, num_classes: int, loss_weight: float = 1.0, **kwargs) -> None:

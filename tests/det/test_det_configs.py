@@ -24,7 +24,7 @@ def test_config_reads(path):
         assert k == int(name.split('_k')[1][0])
         assert m.local_objective.type == ('DetGreedy' if 'greedy' in name else 'InfoProDet')
     if 'vit' in name:
-        assert m.neck.type == 'SimplePyramid' and m.out_blocks == (12,)
+        assert m.neck.type == 'SimplePyramid' and m.backbone.out_blocks == (12,)
     else:
         assert m.neck.type == 'FPN'
     if 'demo' in name:

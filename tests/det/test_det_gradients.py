@@ -12,7 +12,7 @@ def test_earlier_module_trained_only_by_its_local_loss():
     (one backward of the summed losses) gives the same gradients."""
     cfg = tiny_model_cfg('retinanet', num_modules=2, cuts=[(2, 1)])  # layer2 (an FPN level) in module 0
     model = build(cfg)
-    assert model.level_units() == [0, 0, 1, 1] and model._used_levels == [1, 2, 3]
+    assert model.backbone.level_modules() == [0, 0, 1, 1] and model.levels_read_by_neck() == [1, 2, 3]
     data = batch()
     unit_of = {id(p): k for k in range(model.num_units) for p in model.unit_parameters(k)}
     named = dict(model.named_parameters())

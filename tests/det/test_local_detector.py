@@ -38,7 +38,7 @@ def tiny_model_cfg(kind='retinanet', num_modules=2, cuts=None, num_classes=3, **
     if kind == 'vit':
         m.backbone.update(model_name='vit_tiny_patch16_224', img_size=SIZE, depth=4)
         m.neck.update(out_channels=16, norm_cfg=dict(type='GN', num_groups=4))
-        m.out_blocks = (4,)
+        m.backbone.out_blocks = (4,)
     else:
         m.backbone.model_name = 'resnet18'
         m.neck.out_channels = 16
@@ -127,9 +127,9 @@ def test_only_read_levels_are_stored_detached():
     ctx = model.make_context(model.data_preprocessor(batch(), True)['inputs'], batch()['data_samples'])
     h = ctx.inputs
     out, _ = model.forward_unit(0, h, ctx)
-    assert ctx.extras['det.levels'] == {}  # layer1 (level 0) is not read by FPN (start_level=1)
+    assert ctx.extras['levels'] == {}  # layer1 (level 0) is not read by FPN (start_level=1)
     out, _ = model.forward_unit(1, out.detach(), ctx)
-    stored = ctx.extras['det.levels']
+    stored = ctx.extras['levels']
     assert set(stored) == {1} and not stored[1].requires_grad and stored[1].grad_fn is None
 
 
@@ -155,7 +155,7 @@ def test_frozen_stages_and_norm_eval():
     # from-scratch defaults in the configs: nothing frozen, BN trains
     model = build(tiny_model_cfg('retinanet', num_modules=2))
     model.train()
-    assert model.frozen_stages == -1 and not model.norm_eval
+    assert model.backbone.frozen_stages == -1 and not model.backbone.norm_eval
     assert model.backbone.model.bn1.training and model.backbone.model.conv1.weight.requires_grad
 
 

@@ -112,7 +112,7 @@ def test_no_gradient_crosses_a_cut(decode):
     levels feed the decode head (UPerHead reads layer1..layer4, spread over 4 modules)."""
     cfg = tiny_cfg(num_modules=4, cuts=[(1, 1), (2, 1), (3, 1)], decode=decode)
     model = build(cfg)
-    assert model.level_units() == [0, 1, 2, 3]
+    assert model.backbone.level_modules() == [0, 1, 2, 3]
     data = batch()
     g1 = grads_after_step(model, data)
     with torch.no_grad():  # change the decode head: the last unit's loss changes

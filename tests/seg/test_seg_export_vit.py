@@ -23,7 +23,7 @@ def small_vit_cfg(**backbone):
     bn = dict(type='BN', requires_grad=True)
     cfg.merge_from_dict({
         'model.backbone.img_size': 64, 'model.backbone.depth': 4, 'model.backbone.embed_dim': E,
-        'model.backbone.num_heads': 3, 'model.out_blocks': (1, 2, 3, 4),
+        'model.backbone.num_heads': 3, 'model.backbone.out_blocks': (1, 2, 3, 4),
         'model.split': dict(num_modules=2, strategy='equal', input_size=(3, 64, 64)),
         'model.data_preprocessor.size': (64, 64), 'model.neck.in_channels': [E] * 4, 'model.neck.out_channels': E,
         'model.decode_head.in_channels': [E] * 4, 'model.decode_head.channels': 16,

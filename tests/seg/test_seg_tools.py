@@ -53,7 +53,7 @@ def test_generator_is_reproducible_and_in_mmseg_layout(tmp_path):
 # the demo's CIFAR ResNet is added to timm by localvision, so stock mmseg cannot build it: export
 # is tested with a stock timm ResNet-18-D (output stride 8) in its place
 STOCK_BACKBONE = {'model.backbone.model_name': 'resnet18d', 'model.backbone.output_stride': 8,
-                  'model.out_indices': [1, 2, 3, 4], 'model.split.cuts': [[2, 0], [3, 0], [4, 0]]}
+                  'model.backbone.out_stages': [1, 2, 3, 4], 'model.split.cuts': [[2, 0], [3, 0], [4, 0]]}
 
 
 def test_demo_backbone_export_is_refused_with_one_error_line(seg_root, tmp_path):

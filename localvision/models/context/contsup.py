@@ -100,7 +100,7 @@ def parse_variant(variant: str, n: Optional[int], field_name: str = 'model.conte
     return use_image, 1 if m.group(2) == '1' else 0
 
 
-@CONTEXTS.register_module(name='ContSup')
+@CONTEXTS.register_module()
 class ContSup(nn.Module):
     """Context supply at every cut of a K-module split.
 

@@ -4,10 +4,10 @@ from .base import (LocalContext, LocalObjective, build_aux_head, build_objective
                    registered_objectives, scheduled_value)
 from .contrastive import supervised_contrastive_loss
 from .decoders import ReconDecoder
-from .dgl import DGLHead, DGLObjective
-from .greedy import GreedyObjective
-from .infopro import InfoProObjective
+from .dgl import DGLHead, DGL
+from .greedy import Greedy
+from .infopro import InfoPro
 
 __all__ = ['LocalContext', 'LocalObjective', 'build_aux_head', 'build_objective', 'per_module_configs', 'pixel_stats',
-           'registered_objectives', 'scheduled_value', 'supervised_contrastive_loss', 'GreedyObjective',
-           'DGLObjective', 'InfoProObjective', 'ConvFCHead', 'PoolLinearHead', 'DGLHead', 'ReconDecoder']
+           'registered_objectives', 'scheduled_value', 'supervised_contrastive_loss', 'Greedy',
+           'DGL', 'InfoPro', 'ConvFCHead', 'PoolLinearHead', 'DGLHead', 'ReconDecoder']

@@ -36,9 +36,10 @@ class LocalObjective(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, module_index: int = 0,
-                 num_modules: int = 1) -> None:
+                 num_modules: int = 1, in_stride: int = 1) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.in_stride = int(in_stride)
         self.num_classes = num_classes
         self.module_index = module_index
         self.num_modules = num_modules
@@ -80,9 +81,12 @@ def per_module_configs(cfg: Union[dict, Sequence[dict], None], num_local: int,
 
 
 def build_objective(cfg: dict, in_channels: int, num_classes: int, module_index: int,
-                    num_modules: int) -> LocalObjective:
+                    num_modules: int, in_stride: int = 1) -> LocalObjective:
+    """The objective of local module ``module_index``, sized from the map it sees (channels,
+    stride w.r.t. the image)."""
     cfg = dict(cfg, in_channels=in_channels, num_classes=num_classes, module_index=module_index,
                num_modules=num_modules)
+    cfg.setdefault('in_stride', in_stride)
     return OBJECTIVES.build(cfg)
 
 

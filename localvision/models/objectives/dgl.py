@@ -9,7 +9,7 @@ import torch.nn as nn
 from localvision.registry import AUX_HEADS, OBJECTIVES
 
 from .base import check_aux_head_type
-from .greedy import GreedyObjective
+from .greedy import Greedy
 
 Tensor = torch.Tensor
 
@@ -52,8 +52,8 @@ class DGLHead(nn.Module):
         return self.fc(torch.flatten(self.pool(self.convs(x)), 1))
 
 
-@OBJECTIVES.register_module(name='DGL')
-class DGLObjective(GreedyObjective):
+@OBJECTIVES.register_module()
+class DGL(Greedy):
     """Cross-entropy of :class:`DGLHead` (or any ``head``) on the module's output.
 
     Args:

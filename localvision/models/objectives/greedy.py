@@ -13,8 +13,8 @@ from .base import LocalContext, LocalObjective
 Tensor = torch.Tensor
 
 
-@OBJECTIVES.register_module(name='Greedy')
-class GreedyObjective(LocalObjective):
+@OBJECTIVES.register_module()
+class Greedy(LocalObjective):
     """Cross-entropy of an auxiliary classifier on the module's output.
 
     Args:

@@ -30,8 +30,8 @@ Weight = Union[float, Sequence[float]]
 LOSS_MODES = ('softmax', 'contrast')
 
 
-@OBJECTIVES.register_module(name='InfoPro')
-class InfoProObjective(LocalObjective):
+@OBJECTIVES.register_module()
+class InfoPro(LocalObjective):
     """InfoPro's local objective: reconstruction plus a task term.
 
     Args:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from localvision.errors import InputError
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -12,6 +12,7 @@ import torch.nn as nn
 from .block_sequence import BlockSequence, block_shapes, run_blocks, to_block_sequence
 from .cuts import STRATEGIES, balanced_cuts, check_num_modules, equal_cuts, module_ranges, validate_cuts
 from .profiling import profile_saved_bytes
+from localvision.registry import MODELS
 
 Tensor = torch.Tensor
 
@@ -30,14 +31,28 @@ def create_timm_model(model_name: str, pretrained: bool = False, checkpoint_path
     return timm.create_model(model_name, pretrained=False, checkpoint_path=checkpoint_path or '', **kwargs)
 
 
+@MODELS.register_module()
 class StagedTimm(nn.Module):
     """A timm model as blocks grouped into K contiguous, gradient-isolated modules.
+
+    The backbone of every localvision task model (``model.backbone=dict(type='StagedTimm',
+    model_name=...)``): swapping the backbone is one line, any split keeps working.
 
     Args:
         model_name: timm model name (ResNet family, ConvNeXt, ViT/DeiT, ``cifar_resnet*``).
         split: ``dict(num_modules=K, strategy='balanced'|'equal')`` or ``dict(cuts=[...])``
             with block indices or ``(stage, block)`` pairs (stage 0 = stem); ``input_size``
-            (C, H, W) for the dry run that measures block shapes and memory.
+            (C, H, W) for the dry run that measures block shapes and memory. Task models pass
+            their ``model.split`` here.
+        out_stages: backbone stages whose last block's output is a *level* (what necks and
+            dense heads read, in this order); stage 0 is the stem, so a ResNet's
+            ``layer1..layer4`` are ``(1, 2, 3, 4)`` (default: every stage after the stem).
+            Not called ``out_indices`` on purpose: mmseg's / mmdet's ResNet count
+            ``out_indices`` from layer1, timm's ``features_only`` from the stem.
+        out_blocks: flat block indices giving the levels instead (e.g. ViT ``(3, 6, 9, 12)``).
+        frozen_stages: mmdet's meaning: -1 none, 0 the stem, s the stem and stages 1..s
+            (parameters frozen, those blocks kept in eval mode).
+        norm_eval: keep every BatchNorm of the backbone in eval mode (frozen statistics).
         pretrained / checkpoint_path: only local weights, never a download.
         **timm_kwargs: passed to ``timm.create_model`` (``num_classes``, ``output_stride``,
             ``img_size``, ``dynamic_img_size``, ``drop_path_rate``...).
@@ -45,10 +60,19 @@ class StagedTimm(nn.Module):
     The timm model (``self.model``) owns every parameter, so ``state_dict`` keys are timm's.
     """
 
-    def __init__(self, model_name: str, split: Optional[dict] = None, pretrained: bool = False,
-                 checkpoint_path: str = '', **timm_kwargs) -> None:
+    def __init__(self, model_name: str, split: Optional[dict] = None, out_stages: Optional[Sequence[int]] = None,
+                 out_blocks: Optional[Sequence[int]] = None, frozen_stages: int = -1, norm_eval: bool = False,
+                 pretrained: bool = False, checkpoint_path: str = '', **timm_kwargs) -> None:
         super().__init__()
+        for key, why in (('out_indices', 'mmseg/mmdet ResNets count out_indices from layer1, timm from the stem; '
+                          'here levels are out_stages=(1, 2, 3, 4) for layer1..layer4 (stage 0 = the stem) or '
+                          'out_blocks=(...) (flat block indices)'),
+                         ('features_only', 'the backbone always hands its levels (out_stages / out_blocks) to the '
+                          'neck / heads; remove it')):
+            if key in timm_kwargs:
+                raise InputError(f'model.backbone.{key} is not used by StagedTimm: {why}')
         self.model_name = model_name
+        self.timm_kwargs = dict(timm_kwargs)  # what timm.create_model got besides the name (for exports)
         self.model = create_timm_model(model_name, pretrained, checkpoint_path, **timm_kwargs)
         self.seq: BlockSequence = to_block_sequence(self.model)
         split = dict(split or {})
@@ -58,9 +82,13 @@ class StagedTimm(nn.Module):
         self.split_cfg = split
         self.input_size: Tuple[int, int, int] = tuple(split.get('input_size')
                                                        or self.model.pretrained_cfg.get('input_size', (3, 224, 224)))
-        block_shapes(self.seq, self.input_size)
+        self.block_output_shapes = block_shapes(self.seq, self.input_size)
         self.cuts: List[int] = []
         self.block_costs: Optional[List[int]] = None
+        self.level_blocks: List[int] = self._level_blocks(out_stages, out_blocks)
+        self.frozen_stages = int(frozen_stages)
+        self.norm_eval = bool(norm_eval)
+        self._freeze_stages()
 
     # -- the split -------------------------------------------------------------------------
     @property
@@ -125,26 +153,56 @@ class StagedTimm(nn.Module):
             params.extend(p for p in self.model.parameters() if id(p) not in in_blocks)
         return params
 
-    def level_blocks(self, out_indices: Optional[Sequence[int]] = None,
-                     out_blocks: Optional[Sequence[int]] = None) -> List[int]:
-        """Flat block indices of a task model's feature levels: the blocks ``out_blocks``, or the
-        last block of each stage in ``out_indices`` (default: every stage after the stem)."""
+    def _level_blocks(self, out_stages: Optional[Sequence[int]], out_blocks: Optional[Sequence[int]]) -> List[int]:
+        """Flat block indices of the levels: the blocks ``out_blocks``, or the last block of each
+        stage in ``out_stages`` (default: every stage after the stem)."""
         seq = self.seq
         if out_blocks is not None:
+            if out_stages is not None:
+                raise InputError('model.backbone sets both out_stages and out_blocks; give one of them')
             blocks = [int(b) for b in out_blocks]
             bad = [b for b in blocks if not 0 <= b < len(seq)]
             if bad:
-                raise InputError(f'model.out_blocks={blocks} names blocks {bad} that {self.model_name} '
+                raise InputError(f'model.backbone.out_blocks={blocks} names blocks {bad} that {self.model_name} '
                                  f'does not have; allowed: 0..{len(seq) - 1}')
             return blocks
         last_of_stage: Dict[int, int] = {info.stage: info.index for info in seq.infos}
-        stages = ([int(s) for s in out_indices] if out_indices is not None
+        stages = ([int(s) for s in out_stages] if out_stages is not None
                   else sorted(s for s in last_of_stage if s > 0))
         bad = [s for s in stages if s not in last_of_stage]
         if bad:
-            raise InputError(f'model.out_indices={stages} names stages {bad} that {self.model_name} '
-                             f'does not have; allowed: {sorted(last_of_stage)}')
+            raise InputError(f'model.backbone.out_stages={stages} names stages {bad} that {self.model_name} '
+                             f'does not have; allowed: {sorted(last_of_stage)} (0 = the stem)')
         return [last_of_stage[s] for s in stages]
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_blocks)
+
+    def level_channels(self) -> List[int]:
+        """Channels of each level (what a neck's / head's ``in_channels`` must be)."""
+        return [self.seq.infos[b].num_chs for b in self.level_blocks]
+
+    def level_shapes(self, batch_size: int) -> List[Tuple[int, ...]]:
+        """NCHW shape of each level at ``input_size``."""
+        return [(batch_size, *self.block_output_shapes[b][1:]) for b in self.level_blocks]
+
+    def level_modules(self) -> List[int]:
+        """The module that produces each level."""
+        return [self.module_of_block(b) for b in self.level_blocks]
+
+    def module_levels(self, k: int) -> Dict[int, List[int]]:
+        """Module k's blocks that produce levels: ``{block: [level indices]}``."""
+        r = self.module_ranges()[k]
+        out: Dict[int, List[int]] = {}
+        for j, b in enumerate(self.level_blocks):
+            if b in r:
+                out.setdefault(b, []).append(j)
+        return out
+
+    def module_reduction(self, k: int) -> int:
+        """Downsampling of module k's output w.r.t. the image."""
+        return self.seq.infos[self.module_ranges()[k][-1]].reduction
 
     def module_of_block(self, b: int) -> int:
         """The module that runs flat block ``b``."""
@@ -170,6 +228,22 @@ class StagedTimm(nn.Module):
         r = self.module_ranges()[k]
         return run_blocks(self.seq, x, r[0], r[-1], apply_final_norm=(k == self.num_modules - 1))
 
+    def forward_module_levels(self, k: int, x: Tensor, img_hw: Tuple[int, int],
+                              wanted: Optional[Collection[int]] = None) -> Tuple[Tensor, Dict[int, Tensor]]:
+        """Module k on ``x``; also the levels (all, or those in ``wanted``) it produces on the way,
+        as NCHW maps ``{level: map}``."""
+        r = self.module_ranges()[k]
+        at = {b: [j for j in js if wanted is None or j in wanted] for b, js in self.module_levels(k).items()}
+        last = len(self.seq) - 1
+        levels: Dict[int, Tensor] = {}
+        for i in r:
+            x = self.seq.blocks[i](x)
+            if i == last:
+                x = self.seq.final_norm(x)
+            for j in at.get(i, ()):
+                levels[j] = self.to_map(x, img_hw)
+        return x, levels
+
     def to_map(self, x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
         """A block output as an NCHW map (ViT tokens are reshaped onto the patch grid)."""
         return self.seq.to_map(x, img_hw)
@@ -179,3 +253,23 @@ class StagedTimm(nn.Module):
         for k in range(self.num_modules):
             x = self.forward_module(k, x)
         return x
+
+    # -- frozen stages / norm_eval (mmdet's meaning) -----------------------------------------
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        for info in self.seq.infos:
+            if info.stage <= self.frozen_stages:
+                for m in info.modules:
+                    m.eval()
+                for p in info.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'StagedTimm':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self

@@ -6,7 +6,7 @@ import torch
 from mmengine.optim import OptimWrapper
 
 from localvision.models import LocalImageClassifier
-from localvision.models.objectives import DGLObjective, GreedyObjective, InfoProObjective
+from localvision.models.objectives import DGL, Greedy, InfoPro
 from localvision.structures import ClsDataSample
 from localvision.utils.memory import measure_peak_memory
 
@@ -31,7 +31,7 @@ def make_batch(n=8, seed=1):
 
 def test_each_module_can_have_its_own_objective_and_lambdas_follow_the_schedule():
     model = make_model([dict(type='Greedy'), dict(type='DGL'), INFOPRO])
-    assert [type(o) for o in model.objectives] == [GreedyObjective, DGLObjective, InfoProObjective]
+    assert [type(o) for o in model.objectives] == [Greedy, DGL, InfoPro]
     assert (model.objectives[2].lambda_recon, model.objectives[2].lambda_task) == (1.0, 2.0)  # last local
     log = model.train_step(make_batch(), OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
     assert {'m0.loss_cls', 'm1.loss_cls', 'm2.loss_recon', 'm2.loss_contrast', 'loss_cls'} <= set(log)

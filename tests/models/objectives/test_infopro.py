@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.model import ImgDataPreprocessor
 
-from localvision.models.objectives import (InfoProObjective, LocalContext, build_objective, pixel_stats,
+from localvision.models.objectives import (InfoPro, LocalContext, build_objective, pixel_stats,
                                            scheduled_value, supervised_contrastive_loss)
 from localvision.structures import ClsDataSample
 
@@ -51,7 +51,7 @@ def test_lambda_schedule_first_last_interpolated_or_per_module():
 def test_shapes_keys_and_value_match_a_direct_computation():
     torch.manual_seed(0)
     ctx, img = make_ctx()
-    obj = InfoProObjective(16, 4, loss_mode='softmax', lambda_recon=(6, 1), lambda_task=(0, 2), module_index=1,
+    obj = InfoPro(16, 4, loss_mode='softmax', lambda_recon=(6, 1), lambda_task=(0, 2), module_index=1,
                            num_modules=4)
     assert (obj.lambda_recon, obj.lambda_task) == (3.5, 1.0)
     feat = torch.randn(8, 16, 4, 4)
@@ -67,8 +67,8 @@ def test_shapes_keys_and_value_match_a_direct_computation():
 def test_lambda_zero_terms_are_not_built_and_contribute_nothing():
     torch.manual_seed(0)
     ctx, _ = make_ctx()
-    recon_only = InfoProObjective(16, 4, lambda_recon=2.0, lambda_task=0.0)
-    task_only = InfoProObjective(16, 4, loss_mode='contrast', lambda_recon=0.0, lambda_task=0.5)
+    recon_only = InfoPro(16, 4, lambda_recon=2.0, lambda_task=0.0)
+    task_only = InfoPro(16, 4, loss_mode='contrast', lambda_recon=0.0, lambda_task=0.5)
     assert recon_only.head is None and task_only.decoder is None
     feat = torch.randn(8, 16, 4, 4, requires_grad=True)
     losses = recon_only(feat, ctx)
@@ -79,7 +79,7 @@ def test_lambda_zero_terms_are_not_built_and_contribute_nothing():
     torch.testing.assert_close(g, g_direct)
     assert set(task_only(feat, ctx)) == {'loss_contrast'}
     with pytest.raises(ValueError, match=r'local module 2 of K=4 gets lambda_recon = lambda_task = 0'):
-        InfoProObjective(16, 4, lambda_recon=(1, 0), lambda_task=(0, 0), module_index=2, num_modules=4)
+        InfoPro(16, 4, lambda_recon=(1, 0), lambda_task=(0, 0), module_index=2, num_modules=4)
 
 
 def direct_supcon(z, labels, t):
@@ -107,7 +107,7 @@ def test_contrastive_loss_matches_a_direct_computation(t):
 def test_contrast_mode_uses_an_l2_normalised_projection_and_the_temperature():
     torch.manual_seed(0)
     ctx, _ = make_ctx()
-    obj = InfoProObjective(16, 4, loss_mode='contrast', lambda_recon=0.0, lambda_task=1.5, proj_dim=32,
+    obj = InfoPro(16, 4, loss_mode='contrast', lambda_recon=0.0, lambda_task=1.5, proj_dim=32,
                            temperature=0.2)
     feat = torch.randn(8, 16, 4, 4)
     assert obj.head(feat).shape == (8, 32)
@@ -118,9 +118,9 @@ def test_contrast_mode_uses_an_l2_normalised_projection_and_the_temperature():
 
 def test_width_mult_widens_the_aux_nets_and_bad_options_fail_clearly():
     def n_params(**kw):
-        return sum(p.numel() for p in InfoProObjective(32, 10, **kw).parameters())
+        return sum(p.numel() for p in InfoPro(32, 10, **kw).parameters())
     assert n_params(width_mult=2.0) > n_params()
     obj = build_objective(dict(type='InfoPro', lambda_recon=1, lambda_task=1), 64, 10, 0, 2)
     assert obj.head.conv.out_channels == 64  # "1c2f" conv scales with the module's channels
     with pytest.raises(ValueError, match=r"loss_mode='softmx' is unknown; allowed: \['softmax', 'contrast'\]"):
-        InfoProObjective(16, 4, loss_mode='softmx')
+        InfoPro(16, 4, loss_mode='softmx')

@@ -1,0 +1,172 @@
+"""What must hold for every local task model found in the registries (not a hand-written list).
+
+For each class: K=1 trains exactly like the stock library's end-to-end loss; no gradient crosses
+a cut (each unit's loss reaches only that unit's parameters, which partition the model's);
+``tools/train.py`` under a launcher wraps it in the local data-parallel wrapper; the per-module
+stepping executors, ``frozen_stages`` / ``norm_eval`` and the ContSup context work. The 2-process
+data-parallel check is in ``tests/engine/test_distributed_tasks.py``.
+"""
+import copy
+import os
+import os.path as osp
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+from mmengine.optim import OptimWrapper
+
+from local_models import build, local_model_classes, tiny
+from localvision.structures import LocalContext
+
+NAMES = sorted(local_model_classes())
+
+
+class KeepGrads(OptimWrapper):
+    """Steps with lr 0 and keeps the gradients for inspection."""
+
+    def zero_grad(self, **kwargs) -> None:
+        pass
+
+
+def test_every_local_model_has_a_tiny_instance():
+    assert {'LocalImageClassifier', 'LocalEncoderDecoder', 'LocalSingleStageDetector',
+            'LocalTwoStageDetector'} <= set(NAMES)
+    for name in NAMES:
+        tiny(name)  # a new task model needs an entry in tests/local_models.py
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_k1_trains_like_the_stock_end_to_end_loss(name):
+    model = build(name, 1)
+    model.train()
+    data = tiny(name).batch(2)
+    ow = KeepGrads(torch.optim.SGD(model.parameters(), lr=0.0))
+    torch.manual_seed(1)
+    model.train_step(copy.deepcopy(data), ow)
+    local = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    loss, _ = model.parse_losses(tiny(name).reference(model, copy.deepcopy(data)))
+    loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(local) == set(plain) and len(local) > 0
+    for n in plain:
+        torch.testing.assert_close(local[n], plain[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize('context', [None, dict(type='ContSup', variant='R1E')], ids=['plain', 'contsup'])
+@pytest.mark.parametrize('name', NAMES)
+def test_no_gradient_crosses_a_cut(name, context):
+    model = build(name, 3, context=context)
+    model.train()
+    units = [{id(p) for p in model.unit_parameters(k) if p.requires_grad} for k in range(model.num_units)]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set.union(*units) == trainable and sum(map(len, units)) == len(trainable)  # a partition
+    if context is not None:
+        assert {id(p) for p in model.context.parameters()} <= units[1] | units[2]
+    data = model.data_preprocessor(copy.deepcopy(tiny(name).batch(2)), True)
+    ctx = model.make_context(data['inputs'], data['data_samples'])
+    h = ctx.inputs
+    for k in range(model.num_units):
+        model.zero_grad(set_to_none=True)
+        out, losses = model.forward_unit(k, h, ctx)
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+        got = {id(p) for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert got and got <= units[k], f'unit {k}: gradients outside the unit'
+        assert {id(p) for p in model.backbone.module_parameters(k)} & got, f'module {k} was not trained'
+        h = out.detach()
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_inference_runs_the_context_path(name):
+    model = build(name, 2, context=dict(type='ContSup', variant='R1'))
+    model.eval()
+    data = model.data_preprocessor(copy.deepcopy(tiny(name).batch(2)), False)
+    with torch.no_grad():
+        base = model.extract_levels(data['inputs'])[0]
+        for p in model.context.parameters():
+            p.add_(0.5)
+        moved = model.extract_levels(data['inputs'])[0]
+        preds = model(data['inputs'], data['data_samples'], mode='predict')
+    assert not torch.allclose(base, moved) and len(preds) == 2
+
+
+def _params_after_step(model, data, executor: dict):
+    model.executor = type(model.executor)(**executor) if executor else model.executor
+    ow = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    torch.manual_seed(1)
+    model.train_step(copy.deepcopy(data), ow)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize('flag', ['step_each_module', 'step_in_backward'])
+@pytest.mark.parametrize('name', NAMES)
+def test_per_module_stepping_equals_one_step(name, flag):
+    data = tiny(name).batch(2)
+    ref = _params_after_step(build(name, 3), data, {})
+    got = _params_after_step(build(name, 3), data, {flag: True})
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_frozen_stages_and_norm_eval(name):
+    model = build(name, 2, **{'backbone.frozen_stages': 1, 'backbone.norm_eval': True})
+    model.train()
+    frozen = [p for info in model.backbone.seq.infos if info.stage <= 1 for p in info.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and not any(m.training for m in bns)
+    before = [p.detach().clone() for p in frozen]
+    stats = [m.running_mean.clone() for m in bns]
+    ow = OptimWrapper(torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1))
+    model.train_step(copy.deepcopy(tiny(name).batch(2)), ow)
+    assert all(torch.equal(a, p) for a, p in zip(before, frozen))
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, bns))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_train_py_under_a_launcher_uses_the_local_wrapper(name, tmp_path):
+    from mmengine.registry import MODEL_WRAPPERS
+
+    from localvision.utils.config import load_config
+    cfg_file = tmp_path / 'tiny.py'
+    imports = {'mmseg': ['localvision.seg'], 'mmdet': ['localvision.det']}.get(tiny(name).scope, [])
+    cfg_file.write_text(f'default_scope = {tiny(name).scope!r}\ncustom_imports = dict(imports={imports!r})\n'
+                        f'model = {tiny(name).cfg(2)!r}\nenv_cfg = dict(dist_cfg=dict(backend="auto"))\n')
+    cfg = load_config(str(cfg_file), launcher='pytorch')
+    assert cfg.model_wrapper_cfg.type == 'LocalDistributedDataParallel'
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(_free_port()))
+    dist.init_process_group('gloo', rank=0, world_size=1)
+    try:
+        wrapped = MODEL_WRAPPERS.build(dict(cfg.model_wrapper_cfg, module=build(name, 2)))
+        wrapped.module.train()
+        ow = OptimWrapper(torch.optim.SGD(wrapped.module.parameters(), lr=0.01))
+        log = wrapped.train_step(copy.deepcopy(tiny(name).batch(2)), ow)
+        assert any(k.startswith('m0.') for k in log) and torch.isfinite(log['loss'])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_local_context_lives_below_the_engine():
+    """The execution layer depends on the units contract only (no import of localvision.models)."""
+    import ast
+    root = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'localvision', 'engine')
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f.endswith('.py'):
+                tree = ast.parse(open(osp.join(dirpath, f)).read())
+                for node in ast.walk(tree):
+                    mod = node.module if isinstance(node, ast.ImportFrom) else None
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                    for m in [mod or ''] + names:
+                        assert not m.startswith('localvision.models'), f'{f} imports {m}'
+    assert LocalContext.__module__ == 'localvision.structures.local_context'
