@@ -1,7 +1,13 @@
-"""Export a trained local-learning model to a checkpoint that stock OpenMMLab loads.
+"""Export a trained local-learning model to a checkpoint that stock timm / OpenMMLab loads.
 
     python tools/export_checkpoint.py CONFIG CHECKPOINT OUT.pth [--out-config OUT_config.py]
                                       [--cfg-options key=value ...]
+
+Classification (``LocalImageClassifier``): writes the timm model's own state dict (keys of timm,
+head included; auxiliary nets dropped) and ``OUT_config.json`` (the ``timm.create_model`` call and
+the input normalisation); ``timm.create_model(NAME, num_classes=N, ..., checkpoint_path=OUT.pth)``
+loads it without localvision installed and gives the same logits. A context supply (ContSup) and
+the CIFAR ResNets, which stock timm cannot express, are refused with one error line.
 
 Segmentation (``LocalEncoderDecoder``): writes an mmseg ``EncoderDecoder`` checkpoint with
 ``TIMMBackbone(features_only=True, pretrained=False)`` keys (auxiliary nets of local learning
@@ -12,6 +18,8 @@ Detection (``LocalSingleStageDetector`` / ``LocalTwoStageDetector``): writes an 
 ``SingleStageDetector`` / ``TwoStageDetector`` checkpoint with mmdet's ``ResNet`` backbone (plain
 timm ResNets) and the matching plain mmdet config; ``mmdet.apis.init_detector(OUT_config.py,
 OUT.pth)`` loads it without localvision and detects the same.
+
+The printed line names the stock call.
 """
 import argparse
 import os.path as osp
@@ -27,13 +35,17 @@ from localvision.utils.config import load_config  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Export a local-learning checkpoint for stock mmseg')
+    p = argparse.ArgumentParser(description='Export a local-learning checkpoint for stock timm / mmseg / mmdet')
     p.add_argument('config')
     p.add_argument('checkpoint')
     p.add_argument('out', help='output checkpoint (.pth)')
-    p.add_argument('--out-config', help='output config (default: OUT without .pth + _config.py)')
+    p.add_argument('--out-config', help='output config (default: OUT without .pth + _config.py, '
+                   '_config.json for classification)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p.parse_args(argv)
+
+
+DETECTORS = ('LocalSingleStageDetector', 'LocalTwoStageDetector')
 
 
 def main(argv=None):
@@ -42,16 +54,23 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.cfg_options)
         check_checkpoint(args.checkpoint)
-        if cfg.model.get('type') in ('LocalSingleStageDetector', 'LocalTwoStageDetector'):
+        kind = cfg.model.get('type')
+        if kind == 'LocalImageClassifier':
+            from localvision.models.classifiers.export import export
+        elif kind in DETECTORS:
             from localvision.det.export import export
         else:
             from localvision.seg.export import export
         ckpt, config = export(cfg, args.checkpoint, args.out, args.out_config)
     except InputError as e:
         raise SystemExit(f'error: {e}') from None
-    api = ('mmdet.apis.init_detector' if cfg.model.get('type') in ('LocalSingleStageDetector', 'LocalTwoStageDetector')
-           else 'mmseg.apis.init_model')
-    print(f'wrote {ckpt} and {config} (stock: {api}({config!r}, {ckpt!r}))')
+    if kind == 'LocalImageClassifier':
+        from localvision.models.classifiers.export import stock_command
+        stock = stock_command(config)
+    else:
+        api = 'mmdet.apis.init_detector' if kind in DETECTORS else 'mmseg.apis.init_model'
+        stock = f'{api}({config!r}, {ckpt!r})'
+    print(f'wrote {ckpt} and {config} (stock: {stock})')
     return ckpt, config
 
 

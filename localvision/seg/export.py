@@ -22,26 +22,14 @@ from typing import Dict, List, Tuple
 import torch
 
 from localvision.errors import InputError
-from localvision.utils.export import save_stock_checkpoint, stock_config
+from localvision.utils.export import check_stock_timm_model, save_stock_checkpoint, stock_config
 
 LOCAL_KEYS = ('split', 'out_indices', 'out_blocks', 'local_objective', 'context', 'executor')
 
 
-def check_stock_timm_model(model_name: str) -> None:
-    """Stock mmseg builds the backbone with timm alone: models localvision adds to timm (the CIFAR
-    ResNets) do not exist there."""
-    from timm.models import is_model
-    from timm.models._registry import _model_entrypoints
-    entry = _model_entrypoints.get(model_name) if is_model(model_name) else None
-    if entry is not None and not entry.__module__.startswith('timm.'):
-        raise InputError(f'backbone {model_name} is registered in timm by {entry.__module__}, so stock mmseg '
-                         '(without localvision) cannot build it; export models with a timm backbone '
-                         '(e.g. resnet50d, convnext_tiny)')
-
-
 def timm_out_indices(model) -> List[int]:
     """timm ``features_only`` indices giving exactly the segmentor's levels."""
-    check_stock_timm_model(model.backbone.model_name)
+    check_stock_timm_model(model.backbone.model_name, 'mmseg')
     seq = model.backbone.seq
     fi = model.backbone.model.feature_info
     names = [f['module'] for f in fi]

@@ -1,4 +1,5 @@
-"""What every task's export to stock OpenMMLab shares: the checkpoint file and the stock config."""
+"""What every task's export to stock timm / OpenMMLab shares: the checkpoint file, the stock
+config, and the check that stock timm can build the backbone."""
 from __future__ import annotations
 
 import copy
@@ -6,6 +7,20 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from mmengine.config import Config
+
+from localvision.errors import InputError
+
+
+def check_stock_timm_model(model_name: str, library: str) -> None:
+    """Refuse backbones that only exist in timm through localvision (the CIFAR ResNets): stock
+    ``library`` builds the backbone with timm alone."""
+    from timm.models import is_model
+    from timm.models._registry import _model_entrypoints
+    entry = _model_entrypoints.get(model_name) if is_model(model_name) else None
+    if entry is not None and not entry.__module__.startswith('timm.'):
+        raise InputError(f'backbone {model_name} is registered in timm by {entry.__module__}, so stock {library} '
+                         '(without localvision) cannot build it; export models with a timm backbone '
+                         '(e.g. resnet50d, convnext_tiny)')
 
 
 def save_stock_checkpoint(state: Dict[str, torch.Tensor], ckpt, out: str) -> dict:
