@@ -9,6 +9,7 @@ model registered without an entry here fails ``test_every_local_model_has_a_tiny
 from __future__ import annotations
 
 import copy
+import socket
 from typing import Callable, Dict, List, NamedTuple
 
 import torch
@@ -34,6 +35,13 @@ def local_model_classes() -> Dict[str, type]:
             if isinstance(cls, type) and is_local_model(cls) and hasattr(cls, 'task_heads'):
                 found[name] = cls
     return found
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 # -- batches -------------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from localvision.errors import InputError
-from localvision.models.objectives.base import LocalContext, LocalObjective, build_aux_head, scheduled_value
+from localvision.models.objectives.base import LocalContext
+from localvision.models.objectives.infopro import InfoProBase
 from localvision.registry import AUX_HEADS, OBJECTIVES
 
 Tensor = torch.Tensor
@@ -170,7 +170,7 @@ def dense_targets(boxes: Tensor, labels: Tensor, hw: Tuple[int, int], stride: fl
 
 
 @OBJECTIVES.register_module()
-class InfoProDet(LocalObjective):
+class InfoProDet(InfoProBase):
     """InfoPro for detection: ``lambda_recon * L_recon + lambda_task * (L_cls + L_box)``.
 
     Args:
@@ -190,34 +190,19 @@ class InfoProDet(LocalObjective):
                  head: Optional[dict] = None, decoder: Optional[dict] = None, min_stride: int = 8,
                  recon_stride: int = 4, box_weight: float = 1.0, center_radius: float = 1.5,
                  image_channels: int = 3, **kwargs) -> None:
-        super().__init__(in_channels, num_classes, **kwargs)
-        k, num = self.module_index, self.num_modules
-        self.lambda_recon = scheduled_value(lambda_recon, k, num, 'model.local_objective.lambda_recon')
-        self.lambda_task = scheduled_value(lambda_task, k, num, 'model.local_objective.lambda_task')
-        if self.lambda_recon == 0 and self.lambda_task == 0:
-            raise InputError(f'{type(self).__name__}: local module {k} of K={num} gets lambda_recon = '
-                             'lambda_task = 0, so nothing would train it')
+        fill = {}
+        if decoder is None or decoder.get('type') == 'DetReconDecoder':
+            fill = dict(in_stride=kwargs.get('in_stride', 1), target_stride=int(recon_stride))
+        super().__init__(in_channels, num_classes, lambda_recon, lambda_task,
+                         head=head or dict(type='DenseDetAuxHead'), decoder=decoder or dict(type='DetReconDecoder'),
+                         image_channels=image_channels, decoder_fill=fill, **kwargs)
         self.min_stride = int(min_stride)
         self.recon_stride = int(recon_stride)
         self.box_weight = float(box_weight)
         self.center_radius = float(center_radius)
-        self.decoder = None
-        if self.lambda_recon != 0:
-            self.decoder = build_aux_head(dict(decoder or dict(type='DetReconDecoder')),
-                                          'model.local_objective.decoder', in_channels=in_channels,
-                                          out_channels=image_channels, **self._decoder_fill(decoder))
-        self.head = None
-        if self.lambda_task != 0:
-            self.head = build_aux_head(dict(head or dict(type='DenseDetAuxHead')), 'model.local_objective.head',
-                                       in_channels=in_channels, num_classes=num_classes)
-
-    def _decoder_fill(self, decoder: Optional[dict]) -> dict:
-        if decoder is None or decoder.get('type') == 'DetReconDecoder':
-            return dict(in_stride=self.in_stride, target_stride=self.recon_stride)
-        return {}
 
     def extra_repr(self) -> str:
-        return (f'lambda_recon={self.lambda_recon:g}, lambda_task={self.lambda_task:g}, in_stride={self.in_stride}, '
+        return (super().extra_repr() + f', in_stride={self.in_stride}, '
                 f'min_stride={self.min_stride}, recon_stride={self.recon_stride}')
 
     def det_loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
@@ -263,9 +248,7 @@ class InfoProDet(LocalObjective):
                 if self.recon_stride > 1:
                     image = F.avg_pool2d(image, self.recon_stride, self.recon_stride, ceil_mode=True)
                 ctx.extras['image01_det'] = image
-            logits = self.decoder(feat, image.shape[-2:])
-            losses['loss_recon'] = self.lambda_recon * F.binary_cross_entropy_with_logits(
-                logits.float(), image.float())
+            losses['loss_recon'] = self.recon_loss(feat, image)
         return losses
 
 

@@ -9,7 +9,7 @@ mmengine's root ``MODEL_WRAPPERS`` (found from every scope: localvision, mmseg, 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 import torch.distributed as dist

@@ -24,7 +24,7 @@ import torch
 from localvision.errors import InputError
 from localvision.utils.export import check_stock_timm_model, save_stock_checkpoint, stock_config
 
-LOCAL_KEYS = ('split', 'out_indices', 'out_blocks', 'local_objective', 'context', 'executor')
+LOCAL_KEYS = ('split', 'local_objective', 'context', 'executor')
 
 
 def timm_out_indices(model) -> List[int]:
@@ -34,7 +34,7 @@ def timm_out_indices(model) -> List[int]:
     fi = model.backbone.model.feature_info
     names = [f['module'] for f in fi]
     out = []
-    for b in model.level_blocks:
+    for b in model.backbone.level_blocks:
         info = seq.infos[b]
         match = [i for i, n in enumerate(names) if info.name == n or info.name.startswith(n + '.')]
         is_last = match and all(not (o.name == names[match[-1]] or o.name.startswith(names[match[-1]] + '.'))
@@ -74,7 +74,7 @@ def mmseg_vit_backbone(model) -> dict:
         if not ok:
             raise InputError(f'{name} cannot be exported to stock mmseg: its VisionTransformer requires {what}')
     depth = len(vit.blocks)
-    levels = [b - 1 for b in model.level_blocks]  # flat block b (0 = patch embedding) = layer b - 1
+    levels = [b - 1 for b in model.backbone.level_blocks]  # flat block b (0 = patch embedding) = layer b - 1
     if min(levels) < 0:
         raise InputError('a level at the patch embedding (block 0) has no mmseg VisionTransformer output')
     return dict(type='VisionTransformer', img_size=tuple(vit.patch_embed.img_size),
@@ -132,8 +132,8 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
     if model.backbone.seq.family == 'vit':
         bb = mmseg_vit_backbone(model)
     else:
-        bb = {k: v for k, v in dict(cfg['backbone']).items() if k not in ('type', 'checkpoint_path', 'num_classes')}
-        bb.update(type='TIMMBackbone', features_only=True, pretrained=False,
+        bb = {k: v for k, v in model.backbone.timm_kwargs.items() if k != 'num_classes'}
+        bb.update(type='TIMMBackbone', model_name=model.backbone.model_name, features_only=True, pretrained=False,
                   out_indices=tuple(timm_out_indices(model)))
     cfg.update(type='EncoderDecoder', backbone=bb, pretrained=None)
     cfg['decode_head'] = dict(cfg['decode_head'], in_channels=model.decode_head.in_channels)

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from localvision.errors import InputError
-from localvision.models.objectives.base import LocalContext, LocalObjective, scheduled_value
+from localvision.models.objectives.base import LocalContext
+from localvision.models.objectives.infopro import InfoProBase
 from localvision.registry import AUX_HEADS, OBJECTIVES
 
 Tensor = torch.Tensor
@@ -93,7 +93,7 @@ class SegReconDecoder(nn.Module):
 
 
 @OBJECTIVES.register_module()
-class InfoProSeg(LocalObjective):
+class InfoProSeg(InfoProBase):
     """InfoPro for segmentation: ``lambda_recon * L_recon + lambda_task * L_seg``.
 
     Args:
@@ -109,28 +109,10 @@ class InfoProSeg(LocalObjective):
     def __init__(self, in_channels: int, num_classes: int, lambda_recon: Weight = 1.5, lambda_task: Weight = 1.0,
                  head: Optional[dict] = None, decoder: Optional[dict] = None, ignore_index: int = 255,
                  image_channels: int = 3, align_corners: bool = False, **kwargs) -> None:
-        super().__init__(in_channels, num_classes, **kwargs)
-        k, num = self.module_index, self.num_modules
-        self.lambda_recon = scheduled_value(lambda_recon, k, num, 'model.local_objective.lambda_recon')
-        self.lambda_task = scheduled_value(lambda_task, k, num, 'model.local_objective.lambda_task')
-        if self.lambda_recon == 0 and self.lambda_task == 0:
-            raise InputError(f'{type(self).__name__}: local module {k} of K={num} gets lambda_recon = '
-                             'lambda_task = 0, so nothing would train it')
+        super().__init__(in_channels, num_classes, lambda_recon, lambda_task, head=head or dict(type='SegAuxHead'),
+                         decoder=decoder or dict(type='SegReconDecoder'), image_channels=image_channels, **kwargs)
         self.ignore_index = ignore_index
         self.align_corners = align_corners
-        self.decoder = None
-        if self.lambda_recon != 0:
-            dec = dict(decoder or dict(type='SegReconDecoder'))
-            dec.update(in_channels=in_channels, out_channels=image_channels)
-            self.decoder = AUX_HEADS.build(dec)
-        self.head = None
-        if self.lambda_task != 0:
-            h = dict(head or dict(type='SegAuxHead'))
-            h.update(in_channels=in_channels, num_classes=num_classes)
-            self.head = AUX_HEADS.build(h)
-
-    def extra_repr(self) -> str:
-        return f'lambda_recon={self.lambda_recon:g}, lambda_task={self.lambda_task:g}'
 
     def loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
         losses: Dict[str, Tensor] = {}
@@ -142,10 +124,7 @@ class InfoProSeg(LocalObjective):
             losses['loss_seg'] = self.lambda_task * F.cross_entropy(logits.float(), target,
                                                                     ignore_index=self.ignore_index)
         if self.decoder is not None:
-            image = ctx.image01()
-            logits = self.decoder(feat, image.shape[-2:])
-            losses['loss_recon'] = self.lambda_recon * F.binary_cross_entropy_with_logits(
-                logits.float(), image.float())
+            losses['loss_recon'] = self.recon_loss(feat, ctx.image01())
         return losses
 
 

@@ -8,7 +8,6 @@ its half batch, not that of end-to-end training.
 """
 import copy
 import os
-import socket
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from mmengine.optim import OptimWrapper
 
-from local_models import build, local_model_classes, tiny
+from local_models import build, free_port, local_model_classes, tiny
 from localvision.engine import LocalDistributedDataParallel
 from localvision.utils.memory import PeakMemory
 
@@ -53,16 +52,10 @@ def _worker(rank: int, world: int, port: int, name: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize('name', NAMES)
 def test_two_ranks_match_one_process_and_keep_local_memory(tmp_path, name):
     out = str(tmp_path / 'rank')
-    mp.spawn(_worker, args=(2, _free_port(), name, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), name, out), nprocs=2, join=True)
     ranks = [torch.load(f'{out}.{r}') for r in range(2)]
     batch = tiny(name).batch(4)
     ref = build(name, K)

@@ -9,14 +9,13 @@ data-parallel check is in ``tests/engine/test_distributed_tasks.py``.
 import copy
 import os
 import os.path as osp
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 from mmengine.optim import OptimWrapper
 
-from local_models import build, local_model_classes, tiny
+from local_models import build, free_port, local_model_classes, tiny
 from localvision.structures import LocalContext
 
 NAMES = sorted(local_model_classes())
@@ -127,12 +126,6 @@ def test_frozen_stages_and_norm_eval(name):
     assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, bns))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize('name', NAMES)
 def test_train_py_under_a_launcher_uses_the_local_wrapper(name, tmp_path):
     from mmengine.registry import MODEL_WRAPPERS
@@ -144,7 +137,7 @@ def test_train_py_under_a_launcher_uses_the_local_wrapper(name, tmp_path):
                         f'model = {tiny(name).cfg(2)!r}\nenv_cfg = dict(dist_cfg=dict(backend="auto"))\n')
     cfg = load_config(str(cfg_file), launcher='pytorch')
     assert cfg.model_wrapper_cfg.type == 'LocalDistributedDataParallel'
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(_free_port()))
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
     dist.init_process_group('gloo', rank=0, world_size=1)
     try:
         wrapped = MODEL_WRAPPERS.build(dict(cfg.model_wrapper_cfg, module=build(name, 2)))

@@ -95,3 +95,32 @@ class FailOnRank1(Hook):
     assert elapsed < 120
     leftovers = [f for f in os.listdir(tmp_path / 'work') if f.endswith('.tmp')] if osp.isdir(tmp_path / 'work') else []
     assert not leftovers
+
+
+def test_dist_train_segmentation_uses_the_local_wrapper_and_keeps_local_memory(tmp_path):
+    """The seg demo under tools/dist_train.sh: trains and evaluates on CPU with the local data-parallel
+    wrapper (not mmengine's DDP), and each rank's peak training memory is that of the single-process
+    K=4 run on the same per-rank batch."""
+    sys.path.insert(0, osp.join(ROOT, 'tools', 'misc'))
+    import make_demo_data
+    root = str(tmp_path / 'seg')
+    assert make_demo_data.main(['seg', '--out', root, '--num-train', '16', '--num-val', '4']) == 0
+    opts = [f'{k}.dataset.data_root={root}' for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    opts += [f'{k}.{o}' for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+             for o in ('batch_size=4', 'num_workers=0', 'persistent_workers=False')]
+    opts += ['train_cfg.max_iters=4', 'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4',
+             'default_hooks.logger.interval=1', 'custom_hooks.0.at_iter=2']
+    config = osp.join(ROOT, 'configs/seg/deeplab_infopro_k4_demo.py')
+    r = launch('dist_train.sh', config, '2', '--work-dir', str(tmp_path / 'dist'), '--cfg-options', *opts)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    assert 'LocalDistributedDataParallel' in log and 'MMDistributedDataParallel' not in log
+    assert re.search(r'mIoU: [0-9.]+', log)
+    import json
+    dist_peaks = json.load(open(tmp_path / 'dist' / 'peak_memory.json'))['per_rank']
+    r = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
+                        str(tmp_path / 'single'), '--cfg-options', *opts], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    single = json.load(open(tmp_path / 'single' / 'peak_memory.json'))['peak_bytes']
+    assert len(dist_peaks) == 2 and all(abs(p - single) <= 0.1 * single for p in dist_peaks), (dist_peaks, single)

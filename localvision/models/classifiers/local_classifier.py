@@ -1,7 +1,7 @@
 """Image classification with a timm backbone split into K gradient-isolated modules."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F

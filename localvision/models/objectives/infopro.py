@@ -30,8 +30,52 @@ Weight = Union[float, Sequence[float]]
 LOSS_MODES = ('softmax', 'contrast')
 
 
+class InfoProBase(LocalObjective):
+    """What every InfoPro objective (classification, segmentation, detection) shares: the weights
+    ``lambda_recon`` / ``lambda_task`` scheduled over the local modules, a reconstruction decoder
+    built only when its weight is not 0, a task head built only when its weight is not 0, and the
+    reconstruction term (sigmoid + BCE against the un-normalised image).
+
+    Args:
+        lambda_recon / lambda_task: a number, ``(first, last)`` local module (interpolated with
+            ``ratio = k / (K-2)``), or a list of K-1 numbers (see ``scheduled_value``).
+        head / decoder: configs of the task head and the decoder (``in_channels`` and the outputs
+            are filled in: ``head_outputs`` / ``image_channels``, plus ``decoder_fill``).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, lambda_recon: Weight, lambda_task: Weight, head: dict,
+                 decoder: dict, image_channels: int = 3, head_outputs: Optional[int] = None,
+                 decoder_fill: Optional[dict] = None, **kwargs) -> None:
+        super().__init__(in_channels, num_classes, **kwargs)
+        k, num = self.module_index, self.num_modules
+        self.lambda_recon = scheduled_value(lambda_recon, k, num, 'model.local_objective.lambda_recon')
+        self.lambda_task = scheduled_value(lambda_task, k, num, 'model.local_objective.lambda_task')
+        if self.lambda_recon == 0 and self.lambda_task == 0:
+            raise InputError(f'{type(self).__name__}: local module {k} of K={num} gets lambda_recon = lambda_task = 0, '
+                             'so nothing would train it; check model.local_objective.lambda_recon / lambda_task')
+        self.decoder = None
+        if self.lambda_recon != 0:
+            self.decoder = build_aux_head(dict(decoder), 'model.local_objective.decoder', in_channels=in_channels,
+                                          out_channels=image_channels, **(decoder_fill or {}))
+        self.head = None
+        if self.lambda_task != 0:
+            self.head = build_aux_head(dict(head), 'model.local_objective.head', in_channels=in_channels,
+                                       num_classes=num_classes if head_outputs is None else head_outputs)
+
+    def extra_repr(self) -> str:
+        return f'lambda_recon={self.lambda_recon:g}, lambda_task={self.lambda_task:g}'
+
+    def recon_loss(self, feat: Tensor, image: Tensor) -> Tensor:
+        """``lambda_recon * BCE(decoder(feat), image)``; ``image`` in [0, 1] at the target size."""
+        logits = self.decoder(feat, image.shape[-2:])
+        if logits.shape != image.shape:
+            raise InputError(f'{type(self).__name__} decoder predicts {tuple(logits.shape)} but the image is '
+                             f'{tuple(image.shape)}; set local_objective.image_channels')
+        return self.lambda_recon * F.binary_cross_entropy_with_logits(logits.float(), image.float())
+
+
 @OBJECTIVES.register_module()
-class InfoPro(LocalObjective):
+class InfoPro(InfoProBase):
     """InfoPro's local objective: reconstruction plus a task term.
 
     Args:
@@ -51,44 +95,25 @@ class InfoPro(LocalObjective):
                  lambda_task: Weight = 1.0, head: Optional[dict] = None, decoder: Optional[dict] = None,
                  width_mult: float = 1.0, proj_dim: int = 128, temperature: float = 0.07, image_channels: int = 3,
                  **kwargs) -> None:
-        super().__init__(in_channels, num_classes, **kwargs)
         if loss_mode not in LOSS_MODES:
             raise InputError(f'model.local_objective.loss_mode={loss_mode!r} is unknown; allowed: {list(LOSS_MODES)}')
         if temperature <= 0:
             raise InputError(f'model.local_objective.temperature={temperature} must be > 0')
+        super().__init__(in_channels, num_classes, lambda_recon, lambda_task,
+                         head=head or dict(type='ConvFCHead', width_mult=width_mult),
+                         decoder=decoder or dict(type='ReconDecoder', width_mult=width_mult),
+                         image_channels=image_channels, head_outputs=None if loss_mode == 'softmax' else proj_dim,
+                         **kwargs)
         self.loss_mode = loss_mode
         self.temperature = float(temperature)
-        k, num = self.module_index, self.num_modules
-        self.lambda_recon = scheduled_value(lambda_recon, k, num, 'model.local_objective.lambda_recon')
-        self.lambda_task = scheduled_value(lambda_task, k, num, 'model.local_objective.lambda_task')
-        if self.lambda_recon == 0 and self.lambda_task == 0:
-            raise InputError(f'InfoPro: local module {k} of K={num} gets lambda_recon = lambda_task = 0, '
-                             'so nothing would train it; check model.local_objective.lambda_recon / lambda_task')
-        self.decoder = None
-        if self.lambda_recon != 0:
-            self.decoder = build_aux_head(decoder or dict(type='ReconDecoder', width_mult=width_mult),
-                                          'model.local_objective.decoder', in_channels=in_channels,
-                                          out_channels=image_channels)
-        self.head = None
-        if self.lambda_task != 0:
-            self.head = build_aux_head(head or dict(type='ConvFCHead', width_mult=width_mult),
-                                       'model.local_objective.head', in_channels=in_channels,
-                                       num_classes=num_classes if loss_mode == 'softmax' else proj_dim)
 
     def extra_repr(self) -> str:
-        return (f'loss_mode={self.loss_mode!r}, lambda_recon={self.lambda_recon:g}, '
-                f'lambda_task={self.lambda_task:g}')
+        return f'loss_mode={self.loss_mode!r}, ' + super().extra_repr()
 
     def loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
         losses: Dict[str, Tensor] = {}
         if self.decoder is not None:
-            target = ctx.image01()
-            logits = self.decoder(feat, target.shape[-2:])
-            if logits.shape != target.shape:
-                raise InputError(f'InfoPro decoder predicts {tuple(logits.shape)} but the image is '
-                                 f'{tuple(target.shape)}; set local_objective.image_channels')
-            losses['loss_recon'] = self.lambda_recon * F.binary_cross_entropy_with_logits(
-                logits.float(), target.float())
+            losses['loss_recon'] = self.recon_loss(feat, ctx.image01())
         if self.head is not None:
             out = self.head(feat)
             if self.loss_mode == 'softmax':

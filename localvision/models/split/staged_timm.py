@@ -131,9 +131,13 @@ class StagedTimm(nn.Module):
             elif strategy == 'equal':
                 cuts = equal_cuts(self.num_blocks, k)
             else:
-                blocks, exits, tail = profile_saved_bytes(
-                    self.seq, self.input_size, split.get('profile_batch_size', 2), exit_loss, tail_loss,
-                    extra_modules=extra_modules, device=next(self.model.parameters()).device)
+                device = next(self.model.parameters()).device
+                # the dry run leaves the random state as it found it: the model's initialisation
+                # (objectives, context, built after) does not depend on the profiling
+                with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+                    blocks, exits, tail = profile_saved_bytes(
+                        self.seq, self.input_size, split.get('profile_batch_size', 2), exit_loss, tail_loss,
+                        extra_modules=extra_modules, device=device)
                 self.block_costs = blocks
                 cuts = balanced_cuts(blocks, k, exits, tail)
         self.cuts = cuts
