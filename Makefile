@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LV_VENV := $(VENV)
 
-.PHONY: setup demo demo-cls test clean-venv
+.PHONY: setup demo demo-cls test clean-venv gpu-check
 
 setup:
 	@bash tools/setup_env.sh
@@ -19,6 +19,11 @@ demo-cls: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# the one-command GPU check (issue 15): no set-up, runs on a bare machine with torch, torchvision and
+# timm; needs work_dirs/gpu_wheels (python tools/analysis/gpu_check.py --fetch-wheels); results in $OUT
+gpu-check:
+	bash tools/analysis/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,13 +3,15 @@
 Each is a child of mmengine's root registry of the same kind, so a config with
 ``default_scope='localvision'`` finds localvision's own components and falls back to
 mmengine's (``ImgDataPreprocessor``, ``OptimWrapper``, hooks, ...). Transforms also fall back to
-mmcv's (``LoadImageFromFile``, ``RandomFlip``, ``Resize``...).
+mmcv's (``LoadImageFromFile``, ``RandomFlip``, ``Resize``...), which mmcv registers in mmengine's root
+registry. mmcv is optional here: without it (a machine that only builds and trains models on
+synthetic batches, e.g. ``tools/analysis/gpu_check.sh``) models and engine work, but not
+``localvision.datasets``, whose transforms use mmcv.
 
 Segmentation and detection components are registered in mmseg's and mmdet's own registries
 instead (their configs keep ``_scope_='mmseg'`` / ``'mmdet'``), see ``localvision.seg`` and
 ``localvision.det``.
 """
-from mmcv.transforms import TRANSFORMS as MMCV_TRANSFORMS
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
@@ -26,16 +28,23 @@ from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import RUNNER_CONSTRUCTORS as MMENGINE_RUNNER_CONSTRUCTORS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import TASK_UTILS as MMENGINE_TASK_UTILS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import WEIGHT_INITIALIZERS as MMENGINE_WEIGHT_INITIALIZERS
 from mmengine.registry import Registry
 
+try:
+    import mmcv.transforms  # noqa: F401  (registers mmcv's transforms in MMENGINE_TRANSFORMS)
+except ModuleNotFoundError as e:
+    if e.name != 'mmcv':  # mmcv is installed but broken (e.g. cv2 missing): say so
+        raise
+
 SCOPE = 'localvision'
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['localvision.models'])
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope=SCOPE, locations=['localvision.datasets'])
-TRANSFORMS = Registry('transform', parent=MMCV_TRANSFORMS, scope=SCOPE,
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope=SCOPE,
                       locations=['localvision.datasets.transforms'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope=SCOPE, locations=['localvision.evaluation'])
 EVALUATOR = Registry('evaluator', parent=MMENGINE_EVALUATOR, scope=SCOPE, locations=['localvision.evaluation'])

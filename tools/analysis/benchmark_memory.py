@@ -184,6 +184,15 @@ def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
     return out
 
 
+def move_optimizer_state(optimizer: torch.optim.Optimizer, src: str, dst) -> None:
+    """Move the optimizer's state tensors on device type ``src`` to ``dst`` (``Module.to`` leaves
+    them where they are). Scalars kept on the CPU on purpose (Adam's ``step``) stay there."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.device.type == src and value.dim() > 0:
+                state[key] = value.to(dst)
+
+
 def run(argv=None) -> List[dict]:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
@@ -238,16 +247,18 @@ def run(argv=None) -> List[dict]:
         results.append(dict(name=name, k=getattr(model, 'num_units', 1), peak_bytes=int(peak), split=desc,
                             executor=type(model.executor).__name__, params=params, times=[], cpu_times=[]))
         if args.iters > 0:
-            built[name] = (one_iter, model)
+            built[name] = (one_iter, model, ow.optimizer)
+            if device.type == 'cuda':  # off the device, optimizer state too: the next variant's peak
+                model.cpu()            # must not count this one's
+                move_optimizer_state(ow.optimizer, 'cuda', 'cpu')
         else:
             del one_iter, model, ow
-        if device.type == 'cuda' and args.iters > 0:
-            model.cpu()
         print(f'[{name}] peak {format_bytes(peak)}  {desc}', flush=True)
 
     if device.type == 'cuda':
-        for _, model in built.values():
+        for _, model, optimizer in built.values():
             model.to(device)
+            move_optimizer_state(optimizer, 'cpu', device)
     for _ in range(args.iters):  # interleaved rounds
         for r in results:
             fn = built[r['name']][0]

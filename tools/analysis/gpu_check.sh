@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One-command GPU check (issue 15, item 4); see tools/analysis/gpu_check.py for what it runs.
+#
+#   bash tools/analysis/gpu_check.sh [gpu_check.py options]     # or: make gpu-check
+#
+# Needs python with torch, torchvision and timm, and work_dirs/gpu_wheels (made here with
+# `python tools/analysis/gpu_check.py --fetch-wheels`); no network, no OpenMMLab packages.
+# Environment: OUT (results; default work_dirs/gpu_check), LV_GPU_CHECK_PYTHON (default python3),
+# LV_GPU_CHECK_ALLOW_CPU=1 (CPU dry run, tiny sizes), LV_GPU_CHECK_BUDGET_S (default 280),
+# LV_GPU_CHECK_BLOCK=mmcv,mmseg,... (simulate a machine without those packages).
+# Always ends with $OUT/gpu_check.json: if the driver itself dies or overruns, a minimal one says so.
+set -u
+cd "$(dirname "$0")/../.."
+export OUT="${OUT:-work_dirs/gpu_check}"
+PY="${LV_GPU_CHECK_PYTHON:-$(command -v python3 || command -v python || echo python3)}"
+export LV_GPU_CHECK_PYTHON="$PY"
+BUDGET="${LV_GPU_CHECK_BUDGET_S:-280}"
+mkdir -p "$OUT"
+rm -f "$OUT/gpu_check.json"
+
+# the driver keeps to its budget; this hard limit is only for a driver that hangs itself
+LIMIT=()
+if command -v timeout >/dev/null; then LIMIT=(timeout -k 5 "$(( ${BUDGET%.*} + 15 ))"); fi
+${LIMIT[@]+"${LIMIT[@]}"} "$PY" tools/analysis/gpu_check.py --out "$OUT" "$@"
+rc=$?
+
+if [ ! -s "$OUT/gpu_check.json" ] || ! grep -q '"finished": true' "$OUT/gpu_check.json"; then
+    echo "gpu_check.py ended with exit code $rc before finishing" | tee -a "$OUT/gpu_check.log"
+    if [ ! -s "$OUT/gpu_check.json" ]; then
+        printf '{"tool": "tools/analysis/gpu_check.sh", "finished": false, "driver_exit_code": %d, "python": "%s", "parts": {}}\n' \
+            "$rc" "$PY" > "$OUT/gpu_check.json"
+    fi
+fi
+exit "$rc"
