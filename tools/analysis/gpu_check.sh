@@ -5,14 +5,22 @@
 #
 # Needs python with torch, torchvision and timm, and work_dirs/gpu_wheels (made here with
 # `python tools/analysis/gpu_check.py --fetch-wheels`); no network, no OpenMMLab packages.
-# Environment: OUT (results; default work_dirs/gpu_check), LV_GPU_CHECK_PYTHON (default python3),
-# LV_GPU_CHECK_ALLOW_CPU=1 (CPU dry run, tiny sizes), LV_GPU_CHECK_BUDGET_S (default 280),
-# LV_GPU_CHECK_BLOCK=mmcv,mmseg,... (simulate a machine without those packages).
+# Environment: OUT (results; default work_dirs/gpu_check), LV_GPU_CHECK_PYTHON (default: the first
+# of python3 / python with torch), LV_GPU_CHECK_ALLOW_CPU=1 (CPU dry run, tiny sizes),
+# LV_GPU_CHECK_BUDGET_S (default 280), LV_GPU_CHECK_BLOCK=mmcv,mmseg,... (simulate a machine
+# without those packages).
 # Always ends with $OUT/gpu_check.json: if the driver itself dies or overruns, a minimal one says so.
 set -u
 cd "$(dirname "$0")/../.."
 export OUT="${OUT:-work_dirs/gpu_check}"
-PY="${LV_GPU_CHECK_PYTHON:-$(command -v python3 || command -v python || echo python3)}"
+# the first of python3 / python that has torch (the check's parts need it), else python3
+PY="${LV_GPU_CHECK_PYTHON:-}"
+if [ -z "$PY" ]; then
+    for c in python3 python; do
+        if command -v "$c" >/dev/null && "$c" -c 'import torch' 2>/dev/null; then PY="$(command -v "$c")"; break; fi
+    done
+    PY="${PY:-$(command -v python3 || command -v python || echo python3)}"
+fi
 export LV_GPU_CHECK_PYTHON="$PY"
 BUDGET="${LV_GPU_CHECK_BUDGET_S:-280}"
 mkdir -p "$OUT"
