@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from contextlib import contextmanager
-from typing import Dict, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Dict, Iterator, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -52,8 +52,30 @@ def _merge(log_vars: Dict[str, Tensor], new: Dict[str, Tensor]) -> None:
             log_vars[k] = v
 
 
-def _finish_step(optim_wrapper: OptimWrapper, grad_sync) -> None:
-    """Complete gradient synchronisation, then step if this iteration ends an accumulation."""
+def forward_unit_loss(model, k: int, h: Tensor, ctx,
+                      optim_wrapper: OptimWrapper) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+    """Unit k's forward (in the wrapper's ``optim_context``: AMP autocast) and its parsed loss.
+
+    Returns ``(out, loss, log_vars)``: the unit's output (not detached), the loss to back-propagate
+    and the logged values of ``model.parse_losses``.
+    """
+    with optim_wrapper.optim_context(model):
+        out, losses = model.forward_unit(k, h, ctx)
+    loss, log_vars = model.parse_losses(losses)
+    return out, loss, log_vars
+
+
+def backward_unit(optim_wrapper: OptimWrapper, loss: Tensor, counted: bool = True) -> None:
+    """One unit's backward through the wrapper (AMP and accumulation loss scaling).
+
+    ``counted=False``: the backward does not count as an accumulation step (see :func:`uncounted`).
+    """
+    with nullcontext() if counted else uncounted(optim_wrapper):
+        optim_wrapper.backward(optim_wrapper.scale_loss(loss))
+
+
+def finish_step(optim_wrapper: OptimWrapper, grad_sync=None) -> None:
+    """Complete gradient synchronisation, then step if this backward ends an accumulation."""
     if grad_sync is not None:
         grad_sync.wait()
     if optim_wrapper.should_update():
@@ -136,31 +158,26 @@ class PerModuleBackward:
         last = model.num_units - 1
         total = 0.0
         for k in range(model.num_units):
-            with optim_wrapper.optim_context(model):
-                out, losses = model.forward_unit(k, h, ctx)
-            loss, unit_vars = model.parse_losses(losses)
+            out, loss, unit_vars = forward_unit_loss(model, k, h, ctx, optim_wrapper)
             if in_backward:
                 with uncounted(optim_wrapper):
                     self._backward_stepping(model, k, optim_wrapper, optim_wrapper.scale_loss(loss))
-                h = out.detach()
-            elif k < last:
-                with uncounted(optim_wrapper):
-                    optim_wrapper.backward(optim_wrapper.scale_loss(loss))
-                h = out.detach()
             else:
-                optim_wrapper.backward(optim_wrapper.scale_loss(loss))
+                backward_unit(optim_wrapper, loss, counted=k == last)
+            if k < last:
+                h = out.detach()
             if sync is not None:
                 sync.launch(k)
             if in_backward:
                 if k == last:
                     optim_wrapper._inner_count += 1  # one counted step per iteration, as otherwise
             elif self.step_each_module:  # only unit k's parameters have gradients now
-                _finish_step(optim_wrapper, sync)
-            del out, losses
+                finish_step(optim_wrapper, sync)
+            del out
             total = total + loss.detach()
             _merge(log_vars, unit_vars)
         if not self.step_each_module:
-            _finish_step(optim_wrapper, sync)
+            finish_step(optim_wrapper, sync)
         log_vars['loss'] = total
         return log_vars
 
@@ -182,5 +199,5 @@ class JointBackward:
         if sync is not None:
             for k in range(model.num_units):
                 sync.launch(k)
-        _finish_step(optim_wrapper, sync)
+        finish_step(optim_wrapper, sync)
         return log_vars

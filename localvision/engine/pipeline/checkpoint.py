@@ -8,8 +8,10 @@ Layout (``WORK_DIR/pipeline_ckpt``)::
     last                                    # path of the newest complete manifest
 
 Every file is written to a temporary name, fsynced and renamed. No stage waits for the others:
-each writes its file, then bumps a counter in the job store; the rank that completes the set
-writes the manifest and ``last``. A checkpoint without a manifest is incomplete and ignored.
+each writes its file (:class:`StageCheckpointer`), then bumps a counter in the job store; the rank
+that completes the set writes the manifest and ``last``. A checkpoint without a manifest is
+incomplete and ignored. :func:`load_for_resume` reads a stage's file back and
+:meth:`StageCheckpointer.restore` puts it into the stage.
 
 :func:`export` merges the stage files into the single-file checkpoint ordinary training writes
 (``{'meta': ..., 'state_dict': ...}``, same keys), which ``tools/test.py`` and the export tools
@@ -26,12 +28,17 @@ import os.path as osp
 import shutil
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 
 from localvision.errors import InputError, MissingDataError
 from localvision.utils.atomic_io import AtomicLocalBackend
+
+from .data import gather_rng_states
+from .stage import owned_state
+from .topology import Topology
 
 MANIFEST = 'manifest.json'
 CKPT_DIR = 'pipeline_ckpt'
@@ -168,6 +175,79 @@ def prune(work_dir: str, keep: int) -> None:
                 pass
     for _, name in sorted(done)[:-keep]:
         shutil.rmtree(osp.join(root, name), ignore_errors=True)
+
+
+def load_for_resume(path: str, work_dir: str, stage: int, num_stages: int,
+                    cuts: Optional[List[int]]) -> Tuple[int, Dict[str, Any]]:
+    """``(iteration, stage file)`` of the checkpoint to resume (``path`` as :func:`resolve_manifest`
+    takes it), checked against this run's K and cuts."""
+    path = resolve_manifest(path, work_dir)
+    m = load_manifest(path)
+    check_compatible(m, num_stages, cuts, path)
+    return int(m['iteration']), load_torch(osp.join(m['folder'], stage_file(stage)))
+
+
+class StageCheckpointer:
+    """One stage's share of every checkpoint: its weights and buffers, optimizer, schedulers and the
+    RNG states of its R replicas (replica 0 writes them).
+
+    Args:
+        work_dir: the run's work dir.
+        topo: the grid (this rank's stage and replica, the stage's data-parallel group).
+        model: the whole model; the stage saves the state-dict keys ``key_owner`` gives it.
+        key_owner: the unit owning each state-dict key (:func:`.stage.ownership`).
+        optim_wrapper: the stage's optimizer.
+        schedulers: the stage's parameter schedulers.
+        count: adds one to a job-wide counter and returns it (:meth:`.watchdog.Watchdog.count`):
+            the stage that completes an iteration's set writes the manifest.
+        run_info: what every manifest of the run records (``iters_per_epoch``, ``num_stages``,
+            ``replicas``, ``schedule``, ``micro_batches``, ``cuts``).
+        keys: the whole model's state-dict keys, in order.
+        cfg_text: the config, kept in the manifest (and in the export).
+        max_keep_ckpts: how many complete checkpoints to keep (``<= 0``: all).
+    """
+
+    def __init__(self, work_dir: str, topo: Topology, model: nn.Module, key_owner: Dict[str, int],
+                 optim_wrapper, schedulers: Sequence, count: Callable[[str], int], run_info: Dict[str, Any],
+                 keys: List[str], cfg_text: Optional[str] = None, max_keep_ckpts: int = -1) -> None:
+        self.work_dir, self.topo, self.model, self.key_owner = work_dir, topo, model, key_owner
+        self.optim_wrapper, self.schedulers, self.count = optim_wrapper, schedulers, count
+        self.run_info, self.keys, self.cfg_text = run_info, keys, cfg_text
+        self.max_keep_ckpts = max_keep_ckpts
+        self.saved_at: Optional[int] = None  # the last iteration saved
+
+    def save(self, iteration: int) -> None:
+        """Save this stage at ``iteration`` (collective over the stage's replicas: the RNG states)."""
+        stage = self.topo.stage
+        self.saved_at = iteration
+        rngs = gather_rng_states(self.topo.replicas, self.topo.dp_group)
+        if self.topo.replica != 0:
+            return
+        folder = iter_dir(self.work_dir, iteration)
+        os.makedirs(folder, exist_ok=True)
+        payload = dict(stage=stage, iteration=iteration, state_dict=owned_state(self.model, self.key_owner, stage),
+                       optimizer=self.optim_wrapper.state_dict(),
+                       param_schedulers=[s.state_dict() for s in self.schedulers], rng=rngs)
+        save_torch(payload, osp.join(folder, stage_file(stage)))
+        num_stages = self.run_info['num_stages']
+        if self.count(f'ckpt/{iteration}') == num_stages:  # the last stage to finish writes the manifest
+            manifest = dict(version=VERSION, iteration=iteration,
+                            epoch=iteration // self.run_info['iters_per_epoch'], **self.run_info,
+                            stages=[dict(stage=k, file=stage_file(k)) for k in range(num_stages)],
+                            keys=self.keys, cfg=self.cfg_text, time=time.strftime('%Y-%m-%d %H:%M:%S'))
+            write_manifest(folder, manifest, self.work_dir)
+            prune(self.work_dir, self.max_keep_ckpts)
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Load this stage's file (:func:`load_for_resume`) into the model, optimizer and schedulers."""
+        stage, keys = self.topo.stage, set(self.keys)
+        missing = [k for k, o in self.key_owner.items() if o == stage and k in keys and k not in state['state_dict']]
+        if missing:
+            raise InputError(f'the checkpoint of stage {stage} misses {missing[:3]}')
+        self.model.load_state_dict(state['state_dict'], strict=False)
+        self.optim_wrapper.load_state_dict(state['optimizer'])
+        for s, sd in zip(self.schedulers, state.get('param_schedulers', [])):
+            s.load_state_dict(sd)
 
 
 def main(argv=None) -> None:

@@ -120,6 +120,10 @@ class Watchdog:
         except Exception:  # noqa: BLE001
             pass
 
+    def count(self, name: str) -> int:
+        """Add one to the job-wide counter ``name`` and return its new value (main thread)."""
+        return int(self._main.add(self._key(name), 1))
+
     def mark_dead(self, rank: int) -> None:
         """Record that ``rank`` vanished (it will never count itself as stopped)."""
         try:
