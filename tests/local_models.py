@@ -180,6 +180,7 @@ class Tiny(NamedTuple):
 
 
 def _tiny() -> Dict[str, Tiny]:
+    local_model_classes()  # registers the task models
     from mmdet.models.detectors.single_stage import SingleStageDetector
     from mmdet.models.detectors.two_stage import TwoStageDetector
     from mmseg.models.segmentors import EncoderDecoder

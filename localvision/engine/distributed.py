@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from mmengine.registry import MODEL_WRAPPERS
-from torch._utils import _flatten_dense_tensors
 
 from localvision.structures.local_context import is_local_model
 
@@ -23,29 +22,37 @@ Tensor = torch.Tensor
 
 
 class UnitGradSync:
-    """Bucketed, asynchronous all-reduce (mean) of the gradients of one unit at a time.
+    """Asynchronous all-reduce (mean) of the gradients of one unit at a time.
 
-    ``launch(k)`` starts the all-reduce of unit k's gradients (moved into flat buckets of at
-    most ``bucket_cap_mb``) and returns at once; ``wait()`` completes every launched bucket and
-    gives each parameter its averaged gradient (a view of the bucket). Every rank launches the
-    same buckets in the same order.
+    ``launch(k)`` starts the all-reduce of unit k's gradients and returns at once; ``wait()``
+    completes every launched all-reduce and leaves each parameter with its averaged gradient.
+    Gradients of at least ``inplace_mb`` are reduced in place; smaller ones are moved (one at a
+    time, so never held twice) into flat buckets of at most ``bucket_cap_mb`` to save calls. The
+    extra memory is thus at most one bucket of small gradients, and the peak training memory of a
+    rank stays that of single-process local training. Every rank launches the same buckets in the
+    same order.
     """
 
     def __init__(self, units: Sequence[Sequence[nn.Parameter]], bucket_cap_mb: float = 25.0,
-                 process_group=None) -> None:
+                 process_group=None, inplace_mb: float = 1.0) -> None:
         seen, self.units = set(), []
         for params in units:
             own = [p for p in params if p.requires_grad and id(p) not in seen]
             seen.update(id(p) for p in own)
             self.units.append(own)
         self.bucket_bytes = int(bucket_cap_mb * 2**20)
+        self.inplace_bytes = int(inplace_mb * 2**20)
         self.group = process_group
         self._pending: List[tuple] = []
 
     def _buckets(self, params: List[nn.Parameter]) -> List[List[nn.Parameter]]:
+        """Large parameters alone (reduced in place), small ones packed by dtype and device."""
         buckets, cur, size, key = [], [], 0, None
         for p in params:
             nbytes = p.numel() * p.element_size()
+            if nbytes >= self.inplace_bytes:
+                buckets.append([p])
+                continue
             k = (p.dtype, p.device)
             if cur and (size + nbytes > self.bucket_bytes or k != key):
                 buckets.append(cur)
@@ -58,29 +65,36 @@ class UnitGradSync:
         return buckets
 
     def launch(self, k: int) -> None:
-        """Start the all-reduce of unit k's gradients. They move into flat buckets (the
-        parameters hold no gradient until :meth:`wait`), so no second copy stays alive."""
+        """Start the all-reduce of unit k's gradients."""
         for bucket in self._buckets(self.units[k]):
-            grads = []
-            for p in bucket:
+            if len(bucket) == 1:
+                p = bucket[0]
                 if p.grad is None:  # unused on this rank: contribute zeros, keep calls aligned
                     p.grad = torch.zeros_like(p)
-                grads.append(p.grad)
-            flat = _flatten_dense_tensors(grads)
-            shapes = [g.shape for g in grads]
-            del grads
-            for p in bucket:
-                p.grad = None
+                work = dist.all_reduce(p.grad, group=self.group, async_op=True)
+                self._pending.append((work, p.grad, bucket, None))
+                continue
+            flat = torch.empty(sum(p.numel() for p in bucket), dtype=bucket[0].dtype, device=bucket[0].device)
+            offset = 0
+            for p in bucket:  # one gradient at a time into the bucket, then freed
+                n = p.numel()
+                if p.grad is None:
+                    flat[offset:offset + n].zero_()
+                else:
+                    flat[offset:offset + n].copy_(p.grad.reshape(-1))
+                    p.grad = None
+                offset += n
             work = dist.all_reduce(flat, group=self.group, async_op=True)
-            self._pending.append((work, flat, bucket, shapes))
+            self._pending.append((work, flat, bucket, [p.shape for p in bucket]))
 
     def wait(self) -> None:
-        """Complete every launched all-reduce; each parameter's gradient becomes a view of its
-        averaged bucket."""
+        """Complete every launched all-reduce; a bucketed gradient becomes a view of its bucket."""
         world = dist.get_world_size(self.group)
         for work, flat, bucket, shapes in self._pending:
             work.wait()
             flat.div_(world)
+            if shapes is None:  # reduced in place
+                continue
             offset = 0
             for p, shape in zip(bucket, shapes):
                 n = shape.numel()

@@ -208,8 +208,9 @@ class LocalLearningModel:
         stored: Dict[int, Tensor] = ctx.extras.setdefault(LEVELS_KEY, {})
         if k == 0:
             stored.clear()
-        out, live = self.backbone.forward_module_levels(k, self.module_input(k, h, ctx), ctx.img_hw,
-                                                        self._wanted[k])
+        wanted = self._wanted[k]  # the image size is read only where a level is made (module-parallel
+        img_hw = ctx.img_hw if wanted else None  # stages send only the context fields later units read)
+        out, live = self.backbone.forward_module_levels(k, self.module_input(k, h, ctx), img_hw, wanted)
         for j, f in live.items():
             if j in self._keep_after[k]:
                 stored[j] = f.detach()

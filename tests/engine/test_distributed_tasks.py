@@ -3,8 +3,11 @@
 Each rank trains on its half of a global batch with :class:`LocalDistributedDataParallel`; both
 ranks must end with the same parameters, equal to one process that averages the gradients of the
 two halves (gradient accumulation over the same halves: BatchNorm statistics stay per half, as on
-the ranks). Each rank's peak training memory must be that of single-process local training on
-its half batch, not that of end-to-end training.
+the ranks). Each rank's peak training memory (second iteration: the optimizer state exists) must be
+that of single-process local training on its half batch, not that of end-to-end training. The
+executor steps each module after its backward, so a module's gradients are freed before the next
+runs: at these tiny sizes weights and gradients outweigh activations, and only then does the
+local saving show.
 """
 import copy
 import os
@@ -21,6 +24,7 @@ from localvision.utils.memory import PeakMemory
 
 NAMES = sorted(local_model_classes())
 K = 3
+EXECUTOR = dict(type='PerModuleBackward', step_each_module=True)
 pytestmark = pytest.mark.slow
 
 
@@ -38,7 +42,7 @@ def _worker(rank: int, world: int, port: int, name: str, out: str) -> None:
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world)
     torch.set_num_threads(1)
-    model = build(name, K)
+    model = build(name, K, executor=EXECUTOR)
     if rank == 1:  # a different start on rank 1: the wrapper must broadcast rank 0's weights
         with torch.no_grad():
             for p in model.parameters():
@@ -46,8 +50,10 @@ def _worker(rank: int, world: int, port: int, name: str, out: str) -> None:
     model.train()
     wrapped = LocalDistributedDataParallel(model)
     ow = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    torch.manual_seed(1)
-    peak = one_step_peak(model, shard(tiny(name).batch(4), rank, world), ow, wrapped.train_step)
+    torch.manual_seed(1)  # the same random stream per half as the reference (RoI sampling)
+    wrapped.train_step(shard(tiny(name).batch(4), rank, world), ow)
+    torch.manual_seed(2)
+    peak = one_step_peak(model, shard(tiny(name).batch(4, seed=1), rank, world), ow, wrapped.train_step)
     torch.save(dict(params={n: p.detach() for n, p in model.named_parameters()}, peak=peak), f'{out}.{rank}')
     dist.destroy_process_group()
 
@@ -61,24 +67,24 @@ def test_two_ranks_match_one_process_and_keep_local_memory(tmp_path, name):
     ref = build(name, K)
     ref.train()
     ow = OptimWrapper(torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9), accumulative_counts=2)
-    torch.manual_seed(1)
-    for r in range(2):  # the mean of the two halves' gradients, one step
-        ref.train_step(copy.deepcopy(shard(batch, r, 2)), ow)
+    for it, (seed, b) in enumerate(((1, batch), (2, tiny(name).batch(4, seed=1)))):
+        for r in range(2):  # the mean of the two halves' gradients, one step per iteration
+            torch.manual_seed(seed)
+            ref.train_step(copy.deepcopy(shard(b, r, 2)), ow)
     initial, changed = build(name, K).state_dict(), 0
     for n, p in ref.named_parameters():
         torch.testing.assert_close(ranks[0]['params'][n], ranks[1]['params'][n], rtol=0, atol=0, msg=n)
         torch.testing.assert_close(ranks[0]['params'][n], p.detach(), rtol=1e-4, atol=1e-5, msg=n)
         changed += int(not torch.equal(p.detach(), initial[n]))
     assert changed > 0
-    # memory: a rank holds what single-process local training holds on its half batch (first step,
-    # as on the ranks: the optimizer state is created inside the measured step everywhere)
-    half = shard(batch, 0, 2)
+    # memory: a rank holds what single-process local training holds on its half batch
+    half = shard(tiny(name).batch(4, seed=1), 0, 2)
     peaks = {}
-    for executor in ('PerModuleBackward', 'JointBackward'):
-        model = build(name, K, executor=dict(type=executor))
+    for key, executor in (('local', EXECUTOR), ('e2e', dict(type='JointBackward'))):
+        model = build(name, K, executor=executor)
         model.train()
         ow = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-        peaks[executor] = one_step_peak(model, copy.deepcopy(half), ow, model.train_step)
-    for r in range(2):
-        assert ranks[r]['peak'] <= 1.1 * peaks['PerModuleBackward'], (r, ranks[r]['peak'], peaks)
-    assert peaks['PerModuleBackward'] < peaks['JointBackward']
+        model.train_step(copy.deepcopy(shard(batch, 0, 2)), ow)
+        peaks[key] = one_step_peak(model, copy.deepcopy(half), ow, model.train_step)
+    for r in range(2):  # within 10 % of local training, and below end-to-end training
+        assert ranks[r]['peak'] <= 1.1 * peaks['local'] and ranks[r]['peak'] < peaks['e2e'], (r, ranks[r]['peak'], peaks)

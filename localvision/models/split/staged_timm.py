@@ -232,7 +232,7 @@ class StagedTimm(nn.Module):
         r = self.module_ranges()[k]
         return run_blocks(self.seq, x, r[0], r[-1], apply_final_norm=(k == self.num_modules - 1))
 
-    def forward_module_levels(self, k: int, x: Tensor, img_hw: Tuple[int, int],
+    def forward_module_levels(self, k: int, x: Tensor, img_hw: Optional[Tuple[int, int]],
                               wanted: Optional[Collection[int]] = None) -> Tuple[Tensor, Dict[int, Tensor]]:
         """Module k on ``x``; also the levels (all, or those in ``wanted``) it produces on the way,
         as NCHW maps ``{level: map}``."""
