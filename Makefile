@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LV_VENV := $(VENV)
 
-.PHONY: setup demo demo-cls test clean-venv gpu-check
+.PHONY: setup demo demo-cls test test-fast clean-venv gpu-check
 
 setup:
 	@bash tools/setup_env.sh
@@ -20,7 +20,11 @@ demo-cls: setup
 test: setup
 	$(PY) -m pytest tests
 
-# the one-command GPU check (issue 15): no set-up, runs on a bare machine with torch, torchvision and
+# the tests that start no processes and train nothing (under 5 minutes on 2 cores)
+test-fast: setup
+	$(PY) -m pytest -m "not slow" tests
+
+# the one-command GPU check: no set-up, runs on a bare machine with torch, torchvision and
 # timm; needs work_dirs/gpu_wheels (python tools/analysis/gpu_check.py --fetch-wheels); results in $OUT
 gpu-check:
 	bash tools/analysis/gpu_check.sh

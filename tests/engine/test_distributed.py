@@ -18,6 +18,8 @@ from localvision.engine import LocalDistributedDataParallel
 from localvision.models import LocalImageClassifier
 from localvision.structures import ClsDataSample
 
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
+
 
 def tiny_vit(k: int, executor='PerModuleBackward') -> LocalImageClassifier:
     torch.manual_seed(0)

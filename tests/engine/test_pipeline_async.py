@@ -8,9 +8,12 @@ makes the pipelined order exact).
 import json
 import os.path as osp
 
+import pytest
 import torch
 
 from pipeline_helpers import load_state, reference_run, spawn, write_config
+
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
 
 Q = 2
 

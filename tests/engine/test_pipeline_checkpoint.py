@@ -19,6 +19,8 @@ from pipeline_helpers import ROOT, load_state, spawn, write_config
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402  (tools/test.py)
 
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
+
 
 @pytest.fixture(scope='module')
 def uninterrupted(tiny_cls_root, tmp_path_factory):

@@ -12,6 +12,8 @@ import torch
 
 from pipeline_helpers import load_state, reference_run, spawn, write_config
 
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('backend,gpus', [('nccl', 2), ('gloo', 1)])

@@ -13,6 +13,8 @@ import pytest
 
 from pipeline_helpers import ROOT, free_port, write_config
 
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
+
 HERE = osp.dirname(osp.abspath(__file__))
 
 

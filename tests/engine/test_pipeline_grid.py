@@ -7,9 +7,12 @@ no random augmentation: each replica draws its own augmentation RNG stream).
 """
 import os.path as osp
 
+import pytest
 import torch
 
 from pipeline_helpers import load_state, reference_run, spawn, write_config
+
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
 
 
 def test_two_replicas_of_a_two_stage_pipeline_equal_one_process(tiny_cls_root, tmp_path):

@@ -15,9 +15,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from pipeline_helpers import ROOT, free_port, load_state, reference_run, spawn, torchrun, write_config
+
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
 
 HERE = osp.dirname(osp.abspath(__file__))
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs/seg/upernet_vit_small_infopro_k4.py')
 E = 96

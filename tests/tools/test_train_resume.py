@@ -10,6 +10,8 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402  (tools/test.py)

@@ -15,6 +15,8 @@ import textwrap
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import export_checkpoint  # noqa: E402

@@ -98,6 +98,7 @@ def run_check(tmp_path, *args):
     return json.loads((out / 'gpu_check.json').read_text()), out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU dry run')
 def test_cpu_dry_run_with_openmmlab_blocked_writes_one_json(tmp_path):
     report, out = run_check(tmp_path, '--block', *gpu_check.OPENMMLAB, '--parts', 'install_wheels', 'device',

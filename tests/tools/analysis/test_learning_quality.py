@@ -3,6 +3,10 @@ import json
 import os.path as osp
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 import learning_quality  # noqa: E402
