@@ -17,6 +17,7 @@ the neck (no auxiliary nets).
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
@@ -58,8 +59,9 @@ class LocalDetectorMixin(LocalLearningModel):
             neck['in_channels'] = chans[-1]
         return neck
 
+    @abstractmethod
     def _task_modules(self) -> List[nn.Module]:
-        raise NotImplementedError
+        """The detection heads (trained with the neck by the last unit)."""
 
     def levels_read_by_neck(self) -> List[int]:
         """The levels the neck actually reads (FPN: ``start_level .. backbone_end_level-1``;
@@ -79,8 +81,9 @@ class LocalDetectorMixin(LocalLearningModel):
     def head_loss(self, name: str, out: Tensor, feats: list, ctx: LocalContext) -> Dict[str, Tensor]:
         return self.head_losses(self.neck(feats), ctx.data_samples)
 
+    @abstractmethod
     def head_losses(self, x, data_samples: list) -> Dict[str, Tensor]:
-        raise NotImplementedError
+        """The detector's losses on the neck outputs ``x``."""
 
     def task_targets(self, data_samples: list, device: torch.device) -> Optional[list]:
         if 'gt_instances' not in data_samples[0]:

@@ -22,6 +22,7 @@ crosses a cut.
 """
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -88,7 +89,7 @@ class TaskHead:
     last: bool = True
 
 
-class LocalLearningModel:
+class LocalLearningModel(metaclass=ABCMeta):
     """Mixin of the task models trained unit by unit (put it first among the bases).
 
     The adapter's ``__init__`` calls :meth:`init_backbone` (the split backbone and the
@@ -164,21 +165,23 @@ class LocalLearningModel:
                                  'the last module (model.backbone.out_stages / out_blocks, in_index)')
 
     # -- what a task adapter supplies -----------------------------------------------------------
+    @abstractmethod
     def task_heads(self) -> List[TaskHead]:
-        raise NotImplementedError
+        """The task's heads (each with its modules and the levels it reads)."""
 
+    @abstractmethod
     def head_loss(self, name: str, out: Tensor, feats: List[Optional[Tensor]],
                   ctx: LocalContext) -> Dict[str, Tensor]:
         """Losses of head ``name`` on ``feats`` (one entry per level; ``None`` where no head of
         this unit reads it) and the backbone output ``out``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def task_targets(self, data_samples: list, device: torch.device):
-        raise NotImplementedError
+        """What the local objectives read as ``ctx.targets``, from the batch's data samples."""
 
+    @abstractmethod
     def dummy_data_samples(self, n: int, device: torch.device) -> list:
         """``n`` data samples of ``backbone.input_size`` for the split profiler's dry run."""
-        raise NotImplementedError
 
     def objective_defaults(self) -> dict:
         return {}
