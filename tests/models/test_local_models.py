@@ -163,3 +163,12 @@ def test_local_context_lives_below_the_engine():
                     for m in [mod or ''] + names:
                         assert not m.startswith('localvision.models'), f'{f} imports {m}'
     assert LocalContext.__module__ == 'localvision.structures.local_context'
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_backbone_keys_that_would_mislead_are_refused(name):
+    from localvision.errors import InputError
+    with pytest.raises(InputError, match=r'out_indices is not used by StagedTimm.*out_stages=\(1, 2, 3, 4\)'):
+        build(name, 2, **{'backbone.out_indices': (0, 1, 2, 3)})
+    with pytest.raises(InputError, match=r"backbone.type='ResNetV1c' cannot be split.*_delete_=True"):
+        build(name, 2, **{'backbone.type': 'ResNetV1c'})
