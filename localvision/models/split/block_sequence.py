@@ -7,6 +7,18 @@ Each block is addressed both by its flat index and by ``(stage, index in stage)`
 is the stem, so the split tables of the papers, written as (stage, block) pairs, can be used
 as they are.
 
+Most timm models are read by one generic reader (:func:`_generic`): ``forward_features`` is
+traced once on a small input, and if it runs its submodules as a chain (each on the previous
+one's output), the submodules before timm's ``stages`` / ``blocks`` / ``layers`` (or ``s1``,
+``layer1``...) sequence are the stem, each stage is split into the elements of its block
+container (a downsample runs with the stage's first block), shape-changing head convs
+(``conv_head``, ``final_conv``) end the last block, and the shape-keeping rest is the final
+norm. Hand-written readers remain where blocks need more than ``x`` (ViT position embedding,
+EVA's RoPE, BEiT's relative position bias) or where configs rely on their names (ResNet,
+ConvNeXt). Models whose forward is not such a chain (parallel branches, as in HRNet) are
+refused with one line saying why. Block outputs reach the auxiliary nets as NCHW maps
+(``to_map``: NHWC maps permuted, token sequences laid on the patch grid).
+
 The timm model stays the only owner of its parameters: blocks are plain callables that call
 its submodules, so ``state_dict`` keys are exactly timm's and an exported checkpoint loads in
 stock timm.
@@ -15,8 +27,10 @@ from __future__ import annotations
 
 from localvision.errors import InputError
 
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -121,20 +135,29 @@ def _convnext(model: nn.Module) -> BlockSequence:
     return BlockSequence('convnext', model, blocks, infos, model.norm_pre, _identity_map)
 
 
-def _vit(model: nn.Module) -> BlockSequence:
-    def stem(x: Tensor) -> Tensor:
-        x = model.patch_embed(x)
-        x = model._pos_embed(x)
-        x = model.patch_drop(x)
-        return model.norm_pre(x)
+def _vit_like(model: nn.Module, family: str, pos_embed: Callable[[Tensor], Tensor],
+              block_kwargs: Optional[Callable[[], dict]] = None) -> BlockSequence:
+    """A ViT-style model: stem = patch embed + position embedding (+ ``norm_pre``), then ``blocks``,
+    each called with ``block_kwargs()`` (relative position / RoPE inputs every block shares)."""
+    norm_pre = getattr(model, 'norm_pre', None)
 
-    direct = [p for p in (model.cls_token, getattr(model, 'reg_token', None), model.pos_embed)
+    def stem(x: Tensor) -> Tensor:
+        x = pos_embed(model.patch_embed(x))
+        return norm_pre(x) if norm_pre is not None else x
+
+    direct = [p for p in (getattr(model, n, None) for n in ('cls_token', 'reg_token', 'pos_embed'))
               if isinstance(p, nn.Parameter)]
+    stem_mods = [m for m in (model.patch_embed, norm_pre) if m is not None]
     blocks: List[Callable] = [stem]
-    infos = [BlockInfo(0, 0, 0, 'stem', modules=[model.patch_embed, model.norm_pre], params=direct)]
+    infos = [BlockInfo(0, 0, 0, 'stem', modules=stem_mods, params=direct)]
     for j, blk in enumerate(model.blocks):
         infos.append(BlockInfo(len(blocks), 1, j, f'blocks.{j}', modules=[blk]))
-        blocks.append(blk)
+        blocks.append(blk if block_kwargs is None else (lambda x, _blk=blk: _blk(x, **block_kwargs())))
+    return BlockSequence(family, model, blocks, infos, model.norm, _nchw_map(model))
+
+
+def _vit(model: nn.Module) -> BlockSequence:
+    seq = _vit_like(model, 'vit', lambda x: model.patch_drop(model._pos_embed(x)))
 
     def to_map(x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
         """Tokens (B, N, C) -> NCHW map on the patch grid (prefix tokens dropped)."""
@@ -147,16 +170,284 @@ def _vit(model: nn.Module) -> BlockSequence:
         x = x[:, model.num_prefix_tokens:]
         return x.reshape(x.shape[0], gh, gw, x.shape[-1]).permute(0, 3, 1, 2).contiguous()
 
-    return BlockSequence('vit', model, blocks, infos, model.norm, to_map)
+    seq.to_map = to_map
+    return seq
+
+
+def _eva(model: nn.Module) -> BlockSequence:
+    """EVA / EVA-02: every block gets the rotary embedding of the (fixed) patch grid."""
+    if model.dynamic_img_size or getattr(model, 'rope_mixed', False):
+        raise InputError(f'{type(model).__name__} with dynamic_img_size or mixed (learned, shared) RoPE cannot be '
+                         'split: every block would need the stem\'s grid or share its parameters')
+
+    def rope() -> dict:
+        if model.rope is None:
+            return dict(rope=None)
+        if hasattr(model.rope, 'feat_shape'):
+            return dict(rope=model.rope.get_embed())
+        return dict(rope=model.rope.get_embed(shape=model.patch_embed.grid_size))
+
+    return _vit_like(model, 'eva', lambda x: model.pos_drop(model._pos_embed(x)[0]), rope)
+
+
+def _beit(model: nn.Module) -> BlockSequence:
+    """BEiT: cls token + absolute position embedding; per-block relative position bias."""
+    if model.rel_pos_bias is not None:
+        raise InputError(f'{type(model).__name__} with a shared relative position bias cannot be split: '
+                         'its parameters feed every block (use_shared_rel_pos_bias=False)')
+
+    def pos_embed(x: Tensor) -> Tensor:
+        x = torch.cat((model.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if model.pos_embed is not None:
+            x = x + model.pos_embed
+        return model.pos_drop(x)
+
+    return _vit_like(model, 'beit', pos_embed, lambda: dict(shared_rel_pos_bias=None))
 
 
 def _identity_map(x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
     return x
 
 
+# -- the generic reader: forward_features traced as a chain of timm's submodules -----------------------
+_TRUNK = re.compile(r'^(stages|blocks|layers|levels|(stage|layer|level|denseblock|s)\d+)(\.\d+)?$')
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+class _Traced(NamedTuple):
+    """One submodule call of a traced forward: its name, module and output (from the trace input)."""
+    name: str
+    module: nn.Module
+    out: Tensor
+
+
+def _trace_chain(fn: Callable[[Tensor], Tensor], x: Tensor,
+                 named: Sequence[Tuple[str, nn.Module]]) -> Tuple[Optional[List[_Traced]], str]:
+    """The submodules of ``named`` that ``fn(x)`` runs as a pure chain, in call order.
+
+    A chain: each module is called once, with one positional argument that is the previous
+    module's output (``x`` for the first), and the last output is ``fn``'s result. Modules
+    called inside another listed module are not counted (a container called as a whole hides
+    its children). Returns ``(None, why)`` when the forward is not such a chain.
+    """
+    events: List[Tuple[str, str, nn.Module, Any]] = []
+    depth = [0]
+
+    def pre(name: str):
+        def hook(mod, args, kwargs):
+            if depth[0] == 0:
+                events.append(('in', name, mod, (args, kwargs)))
+            depth[0] += 1
+        return hook
+
+    def post(name: str):
+        def hook(mod, args, out):
+            depth[0] -= 1
+            if depth[0] == 0:
+                events.append(('out', name, mod, out))
+        return hook
+
+    handles = []
+    for name, mod in named:
+        handles.append(mod.register_forward_pre_hook(pre(name), with_kwargs=True))
+        handles.append(mod.register_forward_hook(post(name)))
+    try:
+        result = fn(x)
+    finally:
+        for h in handles:
+            h.remove()
+    chain: List[_Traced] = []
+    prev, seen = x, set()
+    for (_, name, mod, (args, kwargs)), (_, _, _, out) in zip(events[0::2], events[1::2]):
+        if kwargs or len(args) != 1:
+            return None, f'{name} is called with extra inputs'
+        if args[0] is not prev:
+            return None, f"{name}'s input is not the previous submodule's output"
+        if name in seen:
+            return None, f'{name} is called twice'
+        seen.add(name)
+        chain.append(_Traced(name, mod, out))
+        prev = out
+    if result is not prev:
+        return None, 'the output is not computed by its last submodule'
+    return chain, ''
+
+
+def _children_and_grandchildren(prefix: str, module: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """Direct children, and the elements of children that are containers (a loop over
+    ``self.stages`` calls those, not the container)."""
+    out = []
+    for name, child in module.named_children():
+        full = f'{prefix}{name}'
+        out.append((full, child))
+        if isinstance(child, _CONTAINERS):
+            out.extend((f'{full}.{n}', c) for n, c in child.named_children())
+    return out
+
+
+def _chain(module: nn.Module, x: Tensor, prefix: str = '', fn: Optional[Callable] = None
+           ) -> Tuple[Optional[List[_Traced]], str]:
+    """``module`` (or ``fn``) traced as a chain of its (grand)children on input ``x``."""
+    return _trace_chain(fn or module, x, _children_and_grandchildren(prefix, module))
+
+
+def _is_stage_like(m: nn.Module) -> bool:
+    return isinstance(m, _CONTAINERS) or isinstance(getattr(m, 'blocks', None), _CONTAINERS)
+
+
+def _append_to_last(blocks: List[Callable], infos: List[BlockInfo], module: nn.Module) -> None:
+    """``module`` runs after the last block, as part of it."""
+    infos[-1].modules.append(module)
+    blocks[-1] = _run_all([blocks[-1], module])
+
+
+def _run_all(mods: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
+    """One block that runs ``mods`` in a row."""
+    if len(mods) == 1:
+        return mods[0]
+
+    def run(x: Tensor) -> Tensor:
+        for m in mods:
+            x = m(x)
+        return x
+    return run
+
+
+def _stage_blocks(name: str, stage: nn.Module, x: Tensor) -> List[Tuple[str, List[nn.Module]]]:
+    """A stage as blocks ``(name, modules run in a row)``: the elements of its block container
+    (``blocks`` / ``layers``, else any Sequential) or, without one, its submodules; the other
+    submodules (downsample, norms) run with the next block, or the previous one at the end."""
+    chain, _ = _chain(stage, x, f'{name}.')
+    if not chain:
+        return [(name, [stage])]
+    inputs = [x] + [t.out for t in chain[:-1]]
+    named = [t for t in chain if t.name.rsplit('.', 1)[-1] in ('blocks', 'layers')]
+    containers = {id(t.module) for t in (named or [t for t in chain if isinstance(t.module, _CONTAINERS)])}
+    blocks: List[Tuple[str, List[nn.Module]]] = []
+    pending: List[nn.Module] = []
+    for t, t_in in zip(chain, inputs):
+        if containers and id(t.module) not in containers:
+            if blocks and not any(id(u.module) in containers for u in chain[chain.index(t):]):
+                blocks[-1][1].append(t.module)  # after the last block container
+            else:
+                pending.append(t.module)
+            continue
+        inner = _chain(t.module, t_in, f'{t.name}.')[0] if containers else None
+        items = [(c.name, [c.module]) for c in inner] if inner else [(t.name, [t.module])]
+        items[0] = (items[0][0], pending + items[0][1])
+        pending = []
+        blocks.extend(items)
+    return blocks
+
+
+def _nchw_map(model: nn.Module) -> Callable[[Tensor, Tuple[int, int]], Tensor]:
+    """Block outputs as NCHW maps: NHWC maps permuted, token sequences (prefix tokens dropped)
+    laid on the grid whose aspect is the image's."""
+    channels_last = getattr(model, 'output_fmt', 'NCHW') == 'NHWC'
+    num_prefix = int(getattr(model, 'num_prefix_tokens', 0) or 0)
+
+    def to_map(x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
+        if x.dim() == 4:
+            return x.permute(0, 3, 1, 2).contiguous() if channels_last else x
+        if x.dim() == 2:
+            return x[:, :, None, None]
+        x = x[:, num_prefix:] if x.shape[1] > num_prefix else x
+        n = x.shape[1]
+        gh = max(1, round(math.sqrt(n * img_hw[0] / img_hw[1])))
+        gw = n // gh
+        if gh * gw != n:
+            raise ValueError(f'{n} tokens do not fill a grid of the image aspect {img_hw}')
+        return x.reshape(x.shape[0], gh, gw, x.shape[-1]).permute(0, 3, 1, 2).contiguous()
+    return to_map
+
+
+def _trace_inputs(model: nn.Module) -> List[Tensor]:
+    """Small inputs to trace with: the fixed image size of a patch-embedding model, else 64 pixels
+    a side, then the model's default size (for models that need it)."""
+    c, h, w = model.pretrained_cfg.get('input_size', (3, 224, 224))
+    fixed = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
+    sizes = [(min(h, 64), min(w, 64)), (h, w)]
+    if fixed is not None and not getattr(model, 'dynamic_img_size', False):
+        sizes = [(fixed, fixed) if isinstance(fixed, int) else tuple(fixed)]
+    g = torch.Generator().manual_seed(0)  # leaves the global random state alone
+    return [torch.randn(1, c, *hw, generator=g) for hw in dict.fromkeys(sizes)]
+
+
+def _generic(model: nn.Module) -> BlockSequence:
+    """Any timm model whose ``forward_features`` is ``stem -> stages -> final`` run as a chain:
+    the stem is what runs before the first trunk submodule (``stages``, ``blocks``, ``layers``,
+    ``s1``...), the final norm what runs after the last; each stage is split into its blocks."""
+    cls = type(model).__name__
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            inputs = _trace_inputs(model)
+            for x in inputs:
+                try:
+                    chain, why = _chain(model, x, fn=model.forward_features)
+                    break
+                except Exception as e:  # too small for this model: try the next size
+                    err = e
+            else:
+                sizes = [tuple(x.shape[1:]) for x in inputs]
+                raise InputError(f'{cls} cannot be traced at input sizes {sizes}: '
+                                 f'{type(err).__name__}: {err}'.splitlines()[0])
+            if chain is None:
+                raise InputError(f'{cls} cannot be split: forward_features is not a chain of submodules ({why}; '
+                                 'e.g. parallel branches or extra block inputs)')
+            prefix = ''
+            while (chain and len(chain) == 1 and isinstance(chain[0].module, _CONTAINERS)
+                   and not _TRUNK.match(chain[0].name[len(prefix):])):
+                # one container runs everything (DenseNet's ``features``): read inside it
+                prefix = f'{chain[0].name}.'
+                chain, why = _chain(chain[0].module, x, prefix)
+            if chain is None:
+                raise InputError(f'{cls} cannot be split: {prefix[:-1]} is not a chain of submodules ({why})')
+            trunk = [i for i, t in enumerate(chain) if _TRUNK.match(t.name[len(prefix):])]
+            if not trunk or trunk[0] == 0:
+                raise InputError(f'{cls} cannot be split: no stem and stages/blocks/layers sequence found in '
+                                 f'forward_features (it runs {[t.name for t in chain]})')
+            stem_mods = [t.module for t in chain[:trunk[0]]]
+            blocks: List[Callable] = [_run_all(stem_mods)]
+            infos = [BlockInfo(0, 0, 0, 'stem', modules=list(stem_mods))]
+            stage = 0
+            for i in range(trunk[0], trunk[-1] + 1):
+                t, t_in = chain[i], chain[i - 1].out
+                if i not in trunk:  # a submodule between stages runs with the previous block
+                    _append_to_last(blocks, infos, t.module)
+                    continue
+                if isinstance(t.module, _CONTAINERS) and all(_is_stage_like(c) for c in t.module):
+                    inner, _ = _chain(t.module, t_in, f'{t.name}.')
+                    stages = [(c.name, c.module, x_in) for c, x_in in
+                              zip(inner, [t_in] + [c.out for c in inner[:-1]])] if inner else [(t.name, t.module, t_in)]
+                else:
+                    stages = [(t.name, t.module, t_in)]
+                for name, module, x_in in stages:
+                    stage += 1
+                    for j, (bname, mods) in enumerate(_stage_blocks(name, module, x_in)):
+                        infos.append(BlockInfo(len(blocks), stage, j, bname, modules=list(mods)))
+                        blocks.append(_run_all(mods))
+            # after the stages: what changes the shape (conv_head, final_conv) ends the last
+            # block, so its channels are the module's; the shape-keeping rest is the final norm
+            tail = chain[trunk[-1] + 1:]
+            keep = len(tail)
+            while keep > 0 and tail[keep - 1].out.shape == chain[trunk[-1] + keep - 1].out.shape:
+                keep -= 1
+            for t in tail[:keep]:
+                _append_to_last(blocks, infos, t.module)
+            final = [t.module for t in tail[keep:]]
+    finally:
+        model.train(was_training)
+    final_norm = final[0] if len(final) == 1 else nn.Sequential(*final) if final else nn.Identity()
+    return BlockSequence(cls.lower(), model, blocks, infos, final_norm, _nchw_map(model))
+
+
 def _family_readers() -> List[Tuple[str, Callable[[nn.Module], bool], Callable[[nn.Module], BlockSequence]]]:
     from timm.models.convnext import ConvNeXt
     from timm.models.resnet import ResNet
+    from timm.models.beit import Beit
+    from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
     from ..backbones.cifar_resnet import CifarResNet
@@ -164,20 +455,18 @@ def _family_readers() -> List[Tuple[str, Callable[[nn.Module], bool], Callable[[
         ('resnet', lambda m: isinstance(m, (ResNet, CifarResNet)), _resnet_like),
         ('convnext', lambda m: isinstance(m, ConvNeXt), _convnext),
         ('vit', lambda m: isinstance(m, VisionTransformer), _vit),
+        ('eva', lambda m: isinstance(m, Eva), _eva),
+        ('beit', lambda m: isinstance(m, Beit), _beit),
     ]
 
 
-SUPPORTED_FAMILIES = ('timm ResNet/ResNet-D (resnet18/50/101, resnet50d, ...)', 'CIFAR ResNet (cifar_resnet32/56/110)',
-                      'ConvNeXt', 'VisionTransformer/DeiT (vit_*, deit_*)')
-
-
 def to_block_sequence(model: nn.Module) -> BlockSequence:
-    """Read a timm model as a :class:`BlockSequence`, or raise naming the supported families."""
+    """Read a timm model as a :class:`BlockSequence` (the hand-written readers first, then the
+    generic one), or raise one line saying why it cannot be split."""
     for _, accepts, reader in _family_readers():
         if accepts(model):
             return reader(model)
-    raise InputError(f'unsupported backbone family {type(model).__name__}; supported: '
-                     + ', '.join(SUPPORTED_FAMILIES))
+    return _generic(model)
 
 
 def run_blocks(seq: BlockSequence, x: Tensor, start: int, end: int, apply_final_norm: bool = False) -> Tensor:

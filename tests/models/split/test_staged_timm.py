@@ -82,8 +82,8 @@ def test_bad_split_configs_fail_with_one_clear_error(split, match):
 
 
 def test_bad_backbones_fail_clearly():
-    with pytest.raises(ValueError, match='unsupported backbone family MobileNetV3; supported:'):
-        StagedTimm('mobilenetv3_small_050', split=dict(input_size=(3, 32, 32)))
+    with pytest.raises(ValueError, match='HighResolutionNet cannot be split: forward_features is not a chain'):
+        StagedTimm('hrnet_w18_small', split=dict(input_size=(3, 64, 64)))
     with pytest.raises(ValueError, match='pretrained=True would download'):
         StagedTimm('resnet18', pretrained=True)
     with pytest.raises(ValueError, match="model_name='resnet9000' is not a timm model"):
