@@ -52,4 +52,4 @@ def test_cpu_device_and_gloo_are_chosen_without_a_gpu(monkeypatch):
     resolve_dist_cfg(cfg)
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     with pytest.raises(ValueError, match="backend='nccl' needs CUDA"):
-        resolve_dist_cfg(Config(dict(env_cfg=dict(dist_cfg=dict(backend='nccl')))))
+        resolve_dist_cfg(Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='nccl')))))

@@ -25,6 +25,8 @@ import argparse
 import os.path as osp
 import sys
 
+import _stack_check  # noqa: F401  (first: one clear line without the stack)
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402

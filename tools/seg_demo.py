@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+import _stack_check  # noqa: F401  (first: one clear line without the stack)
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHOW = re.compile(r'Iter\(train\)|Iter\(val\)|peak training memory|final validation metrics|^error:|^Traceback|^\w+Error')
 FINAL = re.compile(r'final validation metrics: (.*)$')

@@ -8,6 +8,8 @@ import os
 import os.path as osp
 import sys
 
+import _stack_check  # noqa: F401  (first: one clear line without the stack)
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
@@ -16,6 +18,7 @@ from mmengine.runner import Runner  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
+from localvision.utils.data_check import check_data  # noqa: E402
 from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
 
 
@@ -41,6 +44,7 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
         check_checkpoint(args.checkpoint)
+        check_data(cfg, 'test')
         init_dist_without_cuda(cfg.launcher, cfg.env_cfg.dist_cfg.backend)
         cfg.load_from = args.checkpoint
         cfg.resume = False

@@ -8,6 +8,8 @@ import os
 import os.path as osp
 import sys
 
+import _stack_check  # noqa: F401  (first: one clear line without the stack)
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout too
 
 from mmengine.config import Config, DictAction  # noqa: E402
@@ -17,6 +19,7 @@ from localvision.engine.interrupt import StopAtIterationHook, StopOnSignal, Trai
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
+from localvision.utils.data_check import check_data  # noqa: E402
 from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
 
 
@@ -121,6 +124,7 @@ def main(argv=None):
     allow_mmengine_checkpoints()
     try:
         cfg = build_cfg(args)
+        check_data(cfg, 'train')  # before any process group or model is made
     except InputError as e:
         raise SystemExit(f'error: {e}') from None
     return train(cfg)

@@ -17,12 +17,20 @@ def default_dist_backend() -> str:
 
 
 def resolve_dist_cfg(cfg) -> None:
-    """Fill ``cfg.env_cfg.dist_cfg.backend`` when it is missing or ``'auto'``."""
+    """Fill ``cfg.env_cfg.dist_cfg.backend`` when it is missing or ``'auto'``, and check it when
+    the run will create a process group (``cfg.launcher`` other than ``'none'``): a single-process
+    run never uses the backend, so mmseg's default ``'nccl'`` is fine on CPU there."""
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = env_cfg.setdefault('dist_cfg', {})
     if dist_cfg.get('backend') in (None, 'auto'):
         dist_cfg['backend'] = default_dist_backend()
-    elif dist_cfg['backend'] == 'nccl' and not torch.cuda.is_available():
+    elif cfg.get('launcher', 'none') != 'none':
+        check_dist_backend(dist_cfg['backend'])
+
+
+def check_dist_backend(backend: str) -> None:
+    """Raise :class:`InputError` when ``backend`` cannot start a process group on this machine."""
+    if backend == 'nccl' and not torch.cuda.is_available():
         raise InputError("env_cfg.dist_cfg.backend='nccl' needs CUDA; none is available here "
                          "(use 'gloo' or 'auto')")
 
@@ -40,6 +48,7 @@ def init_dist_without_cuda(launcher: str, backend: str = 'gloo') -> None:
     import torch.distributed as dist
     if launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
         return
+    check_dist_backend(backend)
     if launcher == 'slurm':
         os.environ.setdefault('MASTER_PORT', os.environ.get('PORT', '29500'))
         if 'MASTER_ADDR' not in os.environ:

@@ -155,7 +155,8 @@ def test_unknown_category_is_one_error_line(det_root, tmp_path):
 
 def test_missing_data_is_one_error_line(tmp_path):
     msg = _train_error(str(tmp_path / 'nowhere'), tmp_path)
-    assert msg.startswith('error: annotation file ') and 'does not exist' in msg
+    assert msg.startswith('error: ShapesDetDataset of train_dataloader: data root ') and 'does not exist' in msg
+    assert 'make_demo_data.py det --out ' in msg
 
 
 def test_export_refuses_a_backbone_stock_mmdet_lacks():

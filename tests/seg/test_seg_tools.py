@@ -102,7 +102,8 @@ def test_train_then_test_then_export_predicts_the_same_in_stock_mmseg(seg_root, 
 
 
 def test_missing_data_root_is_one_error_line(tmp_path):
-    with pytest.raises(SystemExit, match=r'^error: image folder .*does not exist'):
+    with pytest.raises(SystemExit, match=r'^error: SyntheticSegDataset of train_dataloader: data root .*nowhere does '
+                                         r'not exist; generate it with `python tools/misc/make_demo_data.py seg --out '):
         train_tool.main([CONFIG, '--work-dir', str(tmp_path)] + options(str(tmp_path / 'nowhere')))
 
 

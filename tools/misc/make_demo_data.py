@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+import _stack_check  # noqa: E402,F401  (one clear line without the stack)
+
 
 def run_cls(args: argparse.Namespace) -> Path:
     from localvision.datasets.synthetic import make_shapes_classification
