@@ -10,10 +10,23 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-import mmcv
 import numpy as np
 import torch
-from mmcv.transforms import BaseTransform
+
+try:
+    from mmcv.transforms import BaseTransform
+except ModuleNotFoundError as e:  # mmcv is optional for classification (see localvision/registry.py)
+    if e.name != 'mmcv':
+        raise
+
+    class BaseTransform:  # type: ignore[no-redef]
+        """Stand-in for ``mmcv.transforms.BaseTransform`` when mmcv is not installed."""
+
+        def __call__(self, results: Dict) -> Optional[Dict]:
+            return self.transform(results)
+
+        def transform(self, results: Dict) -> Optional[Dict]:
+            raise NotImplementedError
 
 from ..registry import TRANSFORMS
 from ..structures import ClsDataSample
@@ -158,6 +171,7 @@ class RandomResizedCrop(BaseTransform):
         y, x, ch, cw = self._crop_box(*img.shape[:2])
         crop = img[y:y + ch, x:x + cw]
         th, tw = self.scale
+        import mmcv  # only this transform needs it
         img = mmcv.imresize(crop, (tw, th), interpolation=self.interpolation, backend=self.backend)
         return _set_img(results, img)
 
