@@ -67,11 +67,9 @@ def check_one(name: str, max_size: int) -> dict:
     res = dict(model=name, supported=False, blocks=0, k2=False, k4=False, train=False, note='')
     default = timm.models.get_pretrained_cfg(name).input_size if timm.models.get_pretrained_cfg(name) else None
     default = tuple(default or (3, 224, 224))
-    if max(default[1:]) > max_size:
-        res['note'] = f'default input {default[1]}x{default[2]} over --max-size'
-        return res
+    sizes = [(default[0], 64, 64)] + ([default] if max(default[1:]) <= max_size else [])
     st, err = None, ''
-    for size in dict.fromkeys([(default[0], 64, 64), default]):
+    for size in dict.fromkeys(sizes):
         try:
             torch.manual_seed(0)
             st = StagedTimm(name, split=dict(num_modules=2, strategy='equal', input_size=size), num_classes=5).eval()
@@ -82,7 +80,7 @@ def check_one(name: str, max_size: int) -> dict:
         except Exception as e:  # noqa: BLE001  (recorded in the table)
             st, err = None, f'{type(e).__name__}: {e}'.splitlines()[0][:200]
     if st is None:
-        res['note'] = err
+        res['note'] = err if len(sizes) > 1 else f'default input {default[1]}x{default[2]} over --max-size; {err}'
         return res
     res.update(blocks=st.num_blocks, input=list(size))
     for k in (2, 4):
@@ -155,7 +153,7 @@ def main() -> None:
     ap.add_argument('--modules', nargs='*', help='timm architecture modules (default: all)')
     ap.add_argument('--timeout', type=int, default=120, help='seconds per model')
     ap.add_argument('--jobs', type=int, default=2, help='models checked at once')
-    ap.add_argument('--max-size', type=int, default=256, help='skip models whose default input is larger')
+    ap.add_argument('--max-size', type=int, default=256, help='largest default input size tried (64 px is always tried first)')
     ap.add_argument('--tables-only', action='store_true', help='write the tables from the results so far')
     ap.add_argument('--one', help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -210,7 +210,7 @@ def _identity_map(x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
 
 
 # -- the generic reader: forward_features traced as a chain of timm's submodules -----------------------
-_TRUNK = re.compile(r'^(stages|blocks|layers|levels|(stage|layer|level|denseblock|s)\d+)(\.\d+)?$')
+_TRUNK = re.compile(r'^(stages|blocks|layers|levels|features|dense_stages|(stage|layer|level|denseblock|s)\d+)(\.\d+)?$')
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
@@ -397,14 +397,15 @@ def _generic(model: nn.Module) -> BlockSequence:
                 raise InputError(f'{cls} cannot be split: forward_features is not a chain of submodules ({why}; '
                                  'e.g. parallel branches or extra block inputs)')
             prefix = ''
-            while (chain and len(chain) == 1 and isinstance(chain[0].module, _CONTAINERS)
-                   and not _TRUNK.match(chain[0].name[len(prefix):])):
+            while chain and len(chain) == 1 and isinstance(chain[0].module, _CONTAINERS):
                 # one container runs everything (DenseNet's ``features``): read inside it
                 prefix = f'{chain[0].name}.'
                 chain, why = _chain(chain[0].module, x, prefix)
             if chain is None:
                 raise InputError(f'{cls} cannot be split: {prefix[:-1]} is not a chain of submodules ({why})')
             trunk = [i for i, t in enumerate(chain) if _TRUNK.match(t.name[len(prefix):])]
+            if trunk and trunk[0] == 0 and len(trunk) > 1:  # the first stage is the stem (SENet's layer0)
+                trunk = trunk[1:]
             if not trunk or trunk[0] == 0:
                 raise InputError(f'{cls} cannot be split: no stem and stages/blocks/layers sequence found in '
                                  f'forward_features (it runs {[t.name for t in chain]})')
