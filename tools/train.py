@@ -30,7 +30,8 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from the given checkpoint, or from the latest one in the work '
                              'dir when no path is given')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision (needs CUDA)')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision: float16 with loss scaling on CUDA, bfloat16 on the CPU')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.backbone.model_name=resnet50d')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
@@ -48,14 +49,14 @@ def build_cfg(args) -> Config:
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         import torch
-        if not torch.cuda.is_available():
-            raise SystemExit('error: --amp needs a CUDA device; none is available (train in fp32 without --amp)')
         opt_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if opt_type == 'AmpOptimWrapper':
+        if opt_type in ('AmpOptimWrapper', 'MixedPrecisionOptimWrapper'):
             print('AMP training is already enabled in your config.')
-        else:
+        elif torch.cuda.is_available():
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        else:  # mmengine's AmpOptimWrapper needs CUDA; localvision.engine's runs bfloat16 autocast on the CPU
+            cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None

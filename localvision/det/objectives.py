@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from localvision.models.objectives.base import LocalContext
+from localvision.models.objectives.decoders import StagedDecoder
 from localvision.models.objectives.infopro import InfoProBase
 from localvision.registry import AUX_HEADS, OBJECTIVES
 
@@ -76,7 +77,7 @@ class DenseDetAuxHead(nn.Module):
 
 
 @AUX_HEADS.register_module()
-class DetReconDecoder(nn.Module):
+class DetReconDecoder(StagedDecoder):
     """Reconstruction decoder for detection: conv1x1 (C -> ``width``) - BN - ReLU, then one
     (x2 bilinear upsample, conv3x3 - BN - ReLU) per octave from the map's stride down to
     ``target_stride`` (width halved each time, at least 16), then conv3x3 to the image channels.
@@ -102,9 +103,10 @@ class DetReconDecoder(nn.Module):
         self.out = nn.Conv2d(c, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
-        x = self.reduce(x)
+        x = self.run_stage(self.reduce, x, self.reduce)
         for up in self.ups:
-            x = up(F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False))
+            x = self.run_stage(lambda x, up=up: up(F.interpolate(x, scale_factor=2, mode='bilinear',
+                                                                 align_corners=False)), x, up)
         x = self.out(x)
         size = tuple(int(s) for s in size)
         if tuple(x.shape[-2:]) != size:

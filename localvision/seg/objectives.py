@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from localvision.models.objectives.base import LocalContext
+from localvision.models.objectives.decoders import StagedDecoder
 from localvision.models.objectives.infopro import InfoProBase
 from localvision.registry import AUX_HEADS, OBJECTIVES
 
@@ -53,7 +54,7 @@ class SegAuxHead(nn.Module):
 
 
 @AUX_HEADS.register_module()
-class SegReconDecoder(nn.Module):
+class SegReconDecoder(StagedDecoder):
     """InfoPro's segmentation decoder: conv1x1 (C -> 128) - BN - ReLU, then three times
     (x2 bilinear upsample, conv3x3 - BN - ReLU) through 32 and 12 channels to the image channels.
 
@@ -81,12 +82,14 @@ class SegReconDecoder(nn.Module):
         self.ups = nn.ModuleList(ups)
 
     def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
-        x = self.reduce(x)
+        x = self.run_stage(self.reduce, x, self.reduce)
         size = tuple(int(s) for s in size)
         for up in self.ups:
-            if x.shape[-2] < size[0] or x.shape[-1] < size[1]:
-                x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
-            x = up(x)
+            def stage(x: Tensor, up: nn.Module = up) -> Tensor:
+                if x.shape[-2] < size[0] or x.shape[-1] < size[1]:
+                    x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
+                return up(x)
+            x = self.run_stage(stage, x, up)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
         return x

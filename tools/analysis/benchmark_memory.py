@@ -1,16 +1,18 @@
 """Peak training memory and time per iteration: end-to-end vs local learning, side by side.
 
     python tools/analysis/benchmark_memory.py CONFIG [--ks 1 2 4] [--batch-size 128]
-        [--input-size 3 32 32] [--data synthetic|loader] [--iters 5] [--joint] [--out-dir DIR]
-        [--cfg-options k=v ...]
+        [--input-size 3 32 32] [--data synthetic|loader] [--iters 5] [--joint] [--checkpoint-ks [K ...]]
+        [--amp [--amp-dtype bfloat16|float16]] [--out-dir DIR] [--cfg-options k=v ...]
 
 Classification, segmentation (mmseg ``LocalEncoderDecoder``) and detection (mmdet
 ``LocalSingleStageDetector`` / ``LocalTwoStageDetector``) configs. The batch is synthetic
 (random uint8 images and labels of ``--input-size``) or, with ``--data loader``, the first batch
 of the config's train dataloader (real images and labels, after its pipeline).
 
-Every variant of the config (K=1 is end-to-end training through the same code path) is built in
-one process, trained for a warm-up iteration, then measured on the same batch:
+Every variant of the config (K=1 is end-to-end training through the same code path; with
+``--checkpoint-ks`` also "E2E + ckpt" and "K=4 + ckpt": activation checkpointing of the backbone's
+blocks and of InfoPro's decoders, ``model.backbone.grad_checkpointing=True``) is built in one
+process, trained for a warm-up iteration, then measured on the same batch:
 
 - peak training memory of one iteration (forward, backward, optimizer step): on CUDA
   ``torch.cuda.max_memory_allocated``; on CPU the exact peak bytes of live tensors
@@ -19,6 +21,11 @@ one process, trained for a warm-up iteration, then measured on the same batch:
 - seconds per iteration, median over ``--iters`` rounds that interleave the variants (so drift
   of a noisy machine hits them alike), as wall-clock time and as this process's CPU time (which
   other processes on a shared machine disturb less).
+
+``--amp`` trains every variant with mixed precision (``MixedPrecisionOptimWrapper``: bfloat16
+autocast on the CPU, float16 with loss scaling on CUDA, or ``--amp-dtype``). To put fp32 and AMP
+side by side, add a variant instead: ``--variant "K=4 bf16:model.split.num_modules=4,
+optim_wrapper.type=MixedPrecisionOptimWrapper"``.
 
 Prints a table and writes ``benchmark.json`` and ``benchmark.png`` into ``--out-dir``.
 """
@@ -41,6 +48,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 
+import localvision.engine  # noqa: E402,F401  (registers MixedPrecisionOptimWrapper)
 from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: E402
 
 
@@ -52,6 +60,13 @@ def parse_args(argv=None):
                    help='split strategy for K>1 (default: the config\'s, else balanced)')
     p.add_argument('--joint', action='store_true',
                    help='also run the largest K with JointBackward (sum of losses, one backward)')
+    p.add_argument('--checkpoint-ks', type=int, nargs='*', default=None, metavar='K',
+                   help='also run these K with activation checkpointing (backbone blocks and InfoPro decoders); '
+                        'without values: 1 and the largest of --ks')
+    p.add_argument('--amp', action='store_true',
+                   help='mixed precision for every variant (bfloat16 on the CPU, float16 + loss scaling on CUDA)')
+    p.add_argument('--amp-dtype', default=None, choices=['bfloat16', 'float16'],
+                   help='the autocast type of --amp (default: by device)')
     p.add_argument('--variant', action='append', default=[], metavar='NAME:KEY=VAL[,KEY=VAL]',
                    help='an extra variant: config overrides of CONFIG, e.g. "dgl:model.local_objective.type=DGL", '
                         'or another config file, e.g. "infopro:configs/cls/cifar_resnet110_infopro_softmax_k4.py"')
@@ -146,9 +161,27 @@ def loader_batch(cfg: Config, batch_size: int) -> dict:
     return next(iter(Runner.build_dataloader(dl, seed=0)))
 
 
+def with_checkpointing(cfg: Config) -> Config:
+    """``cfg`` with activation checkpointing of the backbone's blocks and of the decoders of its
+    InfoPro objectives (the other objectives' auxiliary nets are small)."""
+    from localvision.models.objectives.infopro import InfoProBase
+    from localvision.registry import OBJECTIVES
+    c = copy.deepcopy(cfg)
+    c.model.backbone['grad_checkpointing'] = True
+    objectives = c.model.get('local_objective') or []
+    for obj in objectives if isinstance(objectives, (list, tuple)) else [objectives]:
+        cls = OBJECTIVES.get(obj.get('type'))
+        if isinstance(cls, type) and issubclass(cls, InfoProBase):
+            obj['grad_checkpointing'] = True
+    return c
+
+
 def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
     out = {}
-    for k in args.ks:
+    ckpt_ks = args.checkpoint_ks
+    if ckpt_ks is not None and not ckpt_ks:
+        ckpt_ks = sorted({1, max(args.ks)})
+    for k in sorted(set(args.ks) | set(ckpt_ks or ())):
         c = copy.deepcopy(cfg)
         split = c.model.setdefault('split', {})
         explicit = split.get('cuts') is not None and len(split['cuts']) + 1 == k
@@ -156,7 +189,11 @@ def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
             split['cuts'] = None
             split['num_modules'] = k
             split['strategy'] = args.strategy or split.get('strategy', 'balanced')
-        out['E2E' if k == 1 else f'K={k}'] = c
+        name = 'E2E' if k == 1 else f'K={k}'
+        if k in args.ks:
+            out[name] = c
+        if ckpt_ks and k in ckpt_ks:
+            out[f'{name} + ckpt'] = with_checkpointing(c)
     if args.joint:
         k = max(args.ks)
         c = copy.deepcopy(out['E2E' if k == 1 else f'K={k}'])
@@ -226,6 +263,10 @@ def run(argv=None) -> List[dict]:
         else:
             batch = synthetic_cls_batch(batch_size, input_size, cfg.model.num_classes)
 
+    if args.amp:
+        cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
+        if args.amp_dtype:
+            cfg.optim_wrapper.dtype = args.amp_dtype
     variants = variant_cfgs(cfg, args)
     built = {}
     results = []
@@ -245,7 +286,10 @@ def run(argv=None) -> List[dict]:
         peak = measure_peak_memory(one_iter, device=device, baseline=(model, ow.optimizer))
         params = sum(p.numel() for p in model.parameters())
         results.append(dict(name=name, k=getattr(model, 'num_units', 1), peak_bytes=int(peak), split=desc,
-                            executor=type(model.executor).__name__, params=params, times=[], cpu_times=[]))
+                            executor=type(model.executor).__name__, params=params, times=[], cpu_times=[],
+                            grad_checkpointing=bool(getattr(getattr(model, 'backbone', None), 'grad_checkpointing',
+                                                            False)),
+                            precision=str(getattr(ow, 'cast_dtype', None) or 'float32').replace('torch.', '')))
         if args.iters > 0:
             built[name] = (one_iter, model, ow.optimizer)
             if device.type == 'cuda':  # off the device, optimizer state too: the next variant's peak
@@ -276,7 +320,7 @@ def run(argv=None) -> List[dict]:
             r['cpu_time_ratio'] = r['cpu_sec_per_iter'] / statistics.median(base['cpu_times'])
 
     meta = dict(config=args.config, device=str(device), batch_size=batch_size, input_size=list(input_size), data=args.data,
-                iters=args.iters, torch=torch.__version__, threads=torch.get_num_threads(),
+                iters=args.iters, amp=args.amp, torch=torch.__version__, threads=torch.get_num_threads(),
                 memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
                 else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')
     print_table(results, meta)
@@ -291,7 +335,8 @@ def run(argv=None) -> List[dict]:
 
 def print_table(results: List[dict], meta: dict) -> None:
     print(f"\n{meta['config']}  device={meta['device']}  batch={meta['batch_size']}  "
-          f"input={'x'.join(map(str, meta['input_size']))}  memory: {meta['memory_metric']}")
+          f"input={'x'.join(map(str, meta['input_size']))}  precision={results[0]['precision']}  "
+          f"memory: {meta['memory_metric']}")
     head = (f"{'variant':<24}{'K':>3}{'peak memory':>14}{'vs E2E':>9}{'s/iter':>10}{'vs E2E':>9}"
             f"{'cpu s/iter':>12}{'vs E2E':>9}")
     print(head)

@@ -1,19 +1,34 @@
 """Reconstruction decoders: predict the input image from a module's output map (InfoPro)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from localvision.models.split.profiling import checkpointed
 from localvision.registry import AUX_HEADS
 
 Tensor = torch.Tensor
 
 
+class StagedDecoder(nn.Module):
+    """A decoder run as a few stages; with ``grad_checkpointing`` on (set by the objective's
+    ``grad_checkpointing=True``) each stage runs under activation checkpointing in training, so
+    the decoder keeps only the stages' outputs and recomputes one stage at a time in backward."""
+
+    grad_checkpointing: bool = False
+
+    def run_stage(self, fn: Callable[[Tensor], Tensor], x: Tensor, *modules: nn.Module) -> Tensor:
+        """``fn(x)``, checkpointed when asked (``modules``: those ``fn`` runs)."""
+        if self.grad_checkpointing and self.training:
+            return checkpointed(fn, x, modules=modules)
+        return fn(x)
+
+
 @AUX_HEADS.register_module()
-class ReconDecoder(nn.Module):
+class ReconDecoder(StagedDecoder):
     """InfoPro's CIFAR decoder: upsample to the image size, conv3x3 - BN - ReLU - conv3x3.
 
     Returns **logits** of the image in [0, 1]: ``sigmoid(logits)`` is the prediction, and the
@@ -39,7 +54,10 @@ class ReconDecoder(nn.Module):
 
     def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
         size = tuple(int(s) for s in size)
-        if tuple(x.shape[-2:]) != size:
-            align = False if self.mode in ('bilinear', 'bicubic') else None
-            x = F.interpolate(x, size=size, mode=self.mode, align_corners=align)
-        return self.conv2(self.act(self.bn(self.conv1(x))))
+
+        def hidden(x: Tensor) -> Tensor:
+            if tuple(x.shape[-2:]) != size:
+                align = False if self.mode in ('bilinear', 'bicubic') else None
+                x = F.interpolate(x, size=size, mode=self.mode, align_corners=align)
+            return self.act(self.bn(self.conv1(x)))
+        return self.conv2(self.run_stage(hidden, x, self.conv1, self.bn))

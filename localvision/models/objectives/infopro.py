@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from localvision.errors import InputError
+from localvision.models.split.profiling import checkpointed
 from localvision.registry import OBJECTIVES
 
 from .base import LocalContext, LocalObjective, build_aux_head, scheduled_value
 from .contrastive import supervised_contrastive_loss
+from .decoders import StagedDecoder
 
 Tensor = torch.Tensor
 Weight = Union[float, Sequence[float]]
@@ -41,12 +43,17 @@ class InfoProBase(LocalObjective):
             ``ratio = k / (K-2)``), or a list of K-1 numbers (see ``scheduled_value``).
         head / decoder: configs of the task head and the decoder (``in_channels`` and the outputs
             are filled in: ``head_outputs`` / ``image_channels``, plus ``decoder_fill``).
+        grad_checkpointing: run the decoder under activation checkpointing in training, stage by
+            stage for a :class:`StagedDecoder` (it keeps only the stages' outputs and recomputes
+            its full-resolution maps one stage at a time in backward), as one call otherwise.
+            Same gradients; what ``model.backbone.grad_checkpointing`` does for the blocks.
     """
 
     def __init__(self, in_channels: int, num_classes: int, lambda_recon: Weight, lambda_task: Weight, head: dict,
                  decoder: dict, image_channels: int = 3, head_outputs: Optional[int] = None,
-                 decoder_fill: Optional[dict] = None, **kwargs) -> None:
+                 decoder_fill: Optional[dict] = None, grad_checkpointing: bool = False, **kwargs) -> None:
         super().__init__(in_channels, num_classes, **kwargs)
+        self.grad_checkpointing = bool(grad_checkpointing)
         k, num = self.module_index, self.num_modules
         self.lambda_recon = scheduled_value(lambda_recon, k, num, 'model.local_objective.lambda_recon')
         self.lambda_task = scheduled_value(lambda_task, k, num, 'model.local_objective.lambda_task')
@@ -57,6 +64,8 @@ class InfoProBase(LocalObjective):
         if self.lambda_recon != 0:
             self.decoder = build_aux_head(dict(decoder), 'model.local_objective.decoder', in_channels=in_channels,
                                           out_channels=image_channels, **(decoder_fill or {}))
+            if isinstance(self.decoder, StagedDecoder):
+                self.decoder.grad_checkpointing = self.grad_checkpointing
         self.head = None
         if self.lambda_task != 0:
             self.head = build_aux_head(dict(head), 'model.local_objective.head', in_channels=in_channels,
@@ -67,7 +76,11 @@ class InfoProBase(LocalObjective):
 
     def recon_loss(self, feat: Tensor, image: Tensor) -> Tensor:
         """``lambda_recon * BCE(decoder(feat), image)``; ``image`` in [0, 1] at the target size."""
-        logits = self.decoder(feat, image.shape[-2:])
+        size = tuple(image.shape[-2:])
+        if self.grad_checkpointing and self.training and not isinstance(self.decoder, StagedDecoder):
+            logits = checkpointed(self.decoder, feat, size, modules=[self.decoder])
+        else:
+            logits = self.decoder(feat, size)
         if logits.shape != image.shape:
             raise InputError(f'{type(self).__name__} decoder predicts {tuple(logits.shape)} but the image is '
                              f'{tuple(image.shape)}; set local_objective.image_channels')

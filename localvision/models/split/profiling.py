@@ -1,15 +1,67 @@
-"""Measure what each block keeps alive for backward: the cost model of memory-balanced splits."""
+"""Measure what each block keeps alive for backward: the cost model of memory-balanced splits.
+
+Also activation checkpointing (:func:`checkpointed`), which changes that cost: a checkpointed
+block keeps only its input until its backward, where it recomputes its activations.
+"""
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .block_sequence import BlockSequence
 
 Tensor = torch.Tensor
+
+_CHECKPOINTING = ContextVar('localvision_checkpointing', default=True)
+
+
+@contextmanager
+def checkpointing_suspended() -> Iterator[None]:
+    """Run :func:`checkpointed` calls plainly (the profiler measures what they would save)."""
+    token = _CHECKPOINTING.set(False)
+    try:
+        yield
+    finally:
+        _CHECKPOINTING.reset(token)
+
+
+@contextmanager
+def _batchnorm_stats_frozen(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """BatchNorms in training mode normalise with the batch statistics but leave their running
+    statistics as they are (momentum 0, batch count restored): a recomputation must not update
+    them a second time. (Turning ``track_running_stats`` off instead would change what the op
+    saves for backward, which checkpointing checks.)"""
+    bns = [m for mod in modules for m in mod.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    state = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, state):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def checkpointed(fn: Callable[..., Tensor], *args, modules: Sequence[nn.Module] = ()) -> Tensor:
+    """``fn(*args)`` under non-reentrant activation checkpointing when gradients are recorded.
+
+    Only the inputs are kept for backward; ``fn`` runs again in the backward pass to rebuild its
+    activations (same random state). The BatchNorms of ``modules`` (those ``fn`` runs) update
+    their running statistics once, in the forward, so results equal those without checkpointing.
+    """
+    if not (torch.is_grad_enabled() and _CHECKPOINTING.get()):
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=lambda: (nullcontext(), _batchnorm_stats_frozen(modules)))
 
 
 class SavedTensorCounter:
@@ -19,8 +71,9 @@ class SavedTensorCounter:
     kept alive while counting (addresses are then unique).
     """
 
-    def __init__(self, exclude: Sequence[Tensor] = ()) -> None:
-        self._seen = {t.untyped_storage().data_ptr() for t in exclude}
+    def __init__(self, exclude: Sequence[Tensor] = (), exclude_keys: Iterable[int] = ()) -> None:
+        self.excluded = {t.untyped_storage().data_ptr() for t in exclude} | set(exclude_keys)
+        self._seen = set(self.excluded)
         self.nbytes = 0
 
     def _pack(self, t: Tensor) -> Tensor:
@@ -32,9 +85,73 @@ class SavedTensorCounter:
         return t
 
     @contextmanager
-    def count(self) -> Iterator['SavedTensorCounter']:
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+    def count(self, *others: 'SavedTensorCounter') -> Iterator['SavedTensorCounter']:
+        """Count what is saved inside the block (``others`` count it too)."""
+        counters = (self, *others)
+
+        def pack(t: Tensor) -> Tensor:
+            for c in counters:
+                c._pack(t)
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield self
+
+
+@dataclass
+class SplitProfile:
+    """What a dry run measured, per block (bytes at the profiling batch size).
+
+    Attributes:
+        saved: what each block saves for backward (deduplicated along the whole network).
+        inputs: the size of each block's input, which is all a checkpointed block keeps.
+        recompute: what each block saves apart from its input (what its recomputation allocates).
+        exits: what the auxiliary objective on each block's output saves (0 for the last block).
+        tail: what the final norm plus the task heads and their losses save.
+    """
+
+    saved: List[int]
+    inputs: List[int]
+    recompute: List[int]
+    exits: List[int]
+    tail: int
+
+    def module_cost(self, i: int, j: int, last: bool, checkpointing: bool = False) -> int:
+        """Peak bytes of activations of a module of blocks ``i..j`` during its training step.
+
+        Without checkpointing every block's saved tensors and the objective's (or, for the last
+        module, the tail's) are alive when the backward starts. With checkpointing the blocks
+        keep only their inputs; the objective's tensors are freed by its backward before the
+        first block is recomputed, and one block is recomputed at a time, so the peak is the
+        inputs plus the larger of the objective and the largest recomputation.
+        """
+        end = self.tail if last else self.exits[j]
+        if not checkpointing:
+            return sum(self.saved[i:j + 1]) + end
+        return sum(self.inputs[i:j + 1]) + max(end, max(self.recompute[i:j + 1]))
+
+
+def min_max_cuts(num_blocks: int, num_modules: int, cost: Callable[[int, int, bool], float]) -> List[int]:
+    """Cuts minimising the largest ``cost(i, j, last)`` of a module of blocks ``i..j`` (exact, by
+    dynamic programming; ties prefer later cuts, as :func:`~.cuts.balanced_cuts`)."""
+    n, inf = num_blocks, float('inf')
+    best = [[inf] * n for _ in range(num_modules)]  # best[k][j]: blocks 0..j in k+1 modules
+    arg = [[-1] * n for _ in range(num_modules)]
+    for j in range(n):
+        best[0][j] = cost(0, j, num_modules == 1 and j == n - 1)
+    for k in range(1, num_modules):
+        last = k == num_modules - 1
+        for j in range(k, n):
+            if last and j != n - 1:
+                continue
+            for c in range(k - 1, j):
+                v = max(best[k - 1][c], cost(c + 1, j, last))
+                if v <= best[k][j]:
+                    best[k][j], arg[k][j] = v, c
+    cuts, j = [], n - 1
+    for k in range(num_modules - 1, 0, -1):
+        j = arg[k][j]
+        cuts.append(j)
+    return sorted(cuts)
 
 
 @contextmanager
@@ -51,44 +168,50 @@ def _preserved_state(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+def _storage_bytes(t: Tensor) -> int:
+    return t.untyped_storage().nbytes()
+
+
 def profile_saved_bytes(seq: BlockSequence, input_shape: Sequence[int], batch_size: int = 2,
                         exit_loss: Optional[Callable[[int, Tensor], Tensor]] = None,
                         tail_loss: Optional[Callable[[Tensor], Tensor]] = None,
                         extra_modules: Sequence[nn.Module] = (),
-                        device: Optional[torch.device] = None) -> Tuple[List[int], List[int], int]:
-    """Dry-run one training forward and measure saved-for-backward bytes.
+                        device: Optional[torch.device] = None) -> SplitProfile:
+    """Dry-run one training forward and measure saved-for-backward bytes (see :class:`SplitProfile`).
 
-    Returns ``(block_bytes, exit_bytes, tail_bytes)``: the bytes each block saves, the bytes an
-    auxiliary objective (``exit_loss(block_index, block_output)``) saves on each block's output,
-    and what the final norm plus task head and loss (``tail_loss(last_output)``) save.
+    ``exit_loss(block_index, block_output)`` is the auxiliary objective a module ending at that
+    block would get, ``tail_loss(last_output)`` the task heads and losses after the final norm.
+    Checkpointed objectives run plainly here, so their full cost is measured.
     """
     params = [p for p in seq.model.parameters()]
     for m in extra_modules:
         params.extend(m.parameters())
     counter = SavedTensorCounter(exclude=params)
     img_hw = tuple(input_shape[-2:])
-    block_bytes: List[int] = []
-    exit_bytes: List[int] = []
+    prof = SplitProfile([], [], [], [], 0)
     keep: List[Tensor] = []  # keep graphs alive so storages are not reused while counting
-    with _preserved_state(seq.model), torch.enable_grad():
+    with _preserved_state(seq.model), torch.enable_grad(), checkpointing_suspended():
         x = torch.randn(batch_size, *input_shape, device=device)
         for i, blk in enumerate(seq.blocks):
+            own = SavedTensorCounter(exclude=[x], exclude_keys=counter.excluded)
+            prof.inputs.append(_storage_bytes(x))
             before = counter.nbytes
-            with counter.count():
+            with counter.count(own):
                 x = blk(x)
-            block_bytes.append(counter.nbytes - before)
+            prof.saved.append(counter.nbytes - before)
+            prof.recompute.append(own.nbytes)
             if exit_loss is not None and i < len(seq.blocks) - 1:
                 before = counter.nbytes
                 with counter.count():
                     keep.append(exit_loss(i, seq.to_map(x.detach(), img_hw)))
-                exit_bytes.append(counter.nbytes - before)
+                prof.exits.append(counter.nbytes - before)
             else:
-                exit_bytes.append(0)
+                prof.exits.append(0)
         before = counter.nbytes
         with counter.count():
             y = seq.final_norm(x)
             if tail_loss is not None:
                 keep.append(tail_loss(y))
-        tail = counter.nbytes - before
+        prof.tail = counter.nbytes - before
     del keep, x
-    return block_bytes, exit_bytes, tail
+    return prof

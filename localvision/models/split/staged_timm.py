@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from .block_sequence import BlockSequence, block_shapes, run_blocks, to_block_sequence
 from .cuts import STRATEGIES, balanced_cuts, check_num_modules, equal_cuts, module_ranges, validate_cuts
-from .profiling import profile_saved_bytes
+from .profiling import SplitProfile, checkpointed, min_max_cuts, profile_saved_bytes
 from localvision.registry import MODELS
 
 Tensor = torch.Tensor
@@ -53,6 +53,11 @@ class StagedTimm(nn.Module):
         frozen_stages: mmdet's meaning: -1 none, 0 the stem, s the stem and stages 1..s
             (parameters frozen, those blocks kept in eval mode).
         norm_eval: keep every BatchNorm of the backbone in eval mode (frozen statistics).
+        grad_checkpointing: in training, run every block under activation checkpointing (what
+            timm's ``set_grad_checkpointing`` does): a module keeps only its blocks' inputs and
+            recomputes one block's activations at a time in its backward. Same gradients and
+            BatchNorm statistics, less memory, about one more forward of compute; the balanced
+            split then balances that cost (:meth:`SplitProfile.module_cost`).
         pretrained / checkpoint_path: only local weights, never a download.
         **timm_kwargs: passed to ``timm.create_model`` (``num_classes``, ``output_stride``,
             ``img_size``, ``dynamic_img_size``, ``drop_path_rate``...).
@@ -62,7 +67,8 @@ class StagedTimm(nn.Module):
 
     def __init__(self, model_name: str, split: Optional[dict] = None, out_stages: Optional[Sequence[int]] = None,
                  out_blocks: Optional[Sequence[int]] = None, frozen_stages: int = -1, norm_eval: bool = False,
-                 pretrained: bool = False, checkpoint_path: str = '', **timm_kwargs) -> None:
+                 grad_checkpointing: bool = False, pretrained: bool = False, checkpoint_path: str = '',
+                 **timm_kwargs) -> None:
         super().__init__()
         for key, why in (('out_indices', 'mmseg/mmdet ResNets count out_indices from layer1, timm from the stem; '
                           'here levels are out_stages=(1, 2, 3, 4) for layer1..layer4 (stage 0 = the stem) or '
@@ -85,6 +91,8 @@ class StagedTimm(nn.Module):
         self.block_output_shapes = block_shapes(self.seq, self.input_size)
         self.cuts: List[int] = []
         self.block_costs: Optional[List[int]] = None
+        self.split_profile: Optional[SplitProfile] = None
+        self.grad_checkpointing = bool(grad_checkpointing)
         self.level_blocks: List[int] = self._level_blocks(out_stages, out_blocks)
         self.frozen_stages = int(frozen_stages)
         self.norm_eval = bool(norm_eval)
@@ -135,11 +143,14 @@ class StagedTimm(nn.Module):
                 # the dry run leaves the random state as it found it: the model's initialisation
                 # (objectives, context, built after) does not depend on the profiling
                 with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-                    blocks, exits, tail = profile_saved_bytes(
+                    prof = profile_saved_bytes(
                         self.seq, self.input_size, split.get('profile_batch_size', 2), exit_loss, tail_loss,
                         extra_modules=extra_modules, device=device)
-                self.block_costs = blocks
-                cuts = balanced_cuts(blocks, k, exits, tail)
+                self.split_profile, self.block_costs = prof, prof.saved
+                if self.grad_checkpointing:
+                    cuts = min_max_cuts(self.num_blocks, k, lambda i, j, last: prof.module_cost(i, j, last, True))
+                else:
+                    cuts = balanced_cuts(prof.saved, k, prof.exits, prof.tail)
         self.cuts = cuts
         return cuts
 
@@ -227,8 +238,20 @@ class StagedTimm(nn.Module):
         return f'{self.model_name} split into K={self.num_modules} at cuts {self.cuts}: ' + '; '.join(parts)
 
     # -- forward ---------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn activation checkpointing of the blocks on or off (timm's method name)."""
+        self.grad_checkpointing = bool(enable)
+
+    def run_block(self, i: int, x: Tensor) -> Tensor:
+        """Block ``i`` on ``x``; under activation checkpointing when it is on and training."""
+        if self.grad_checkpointing and self.training:
+            return checkpointed(self.seq.blocks[i], x, modules=self.seq.infos[i].modules)
+        return self.seq.blocks[i](x)
+
     def forward_module(self, k: int, x: Tensor) -> Tensor:
         """Run module k on ``x`` (the image for k = 0, the previous module's output otherwise)."""
+        if self.grad_checkpointing and self.training:
+            return self.forward_module_levels(k, x, None, wanted=())[0]
         r = self.module_ranges()[k]
         return run_blocks(self.seq, x, r[0], r[-1], apply_final_norm=(k == self.num_modules - 1))
 
@@ -241,7 +264,7 @@ class StagedTimm(nn.Module):
         last = len(self.seq) - 1
         levels: Dict[int, Tensor] = {}
         for i in r:
-            x = self.seq.blocks[i](x)
+            x = self.run_block(i, x)
             if i == last:
                 x = self.seq.final_norm(x)
             for j in at.get(i, ()):

@@ -1,0 +1,27 @@
+"""The benchmark's checkpointing and mixed-precision variants on a tiny model."""
+import json
+import os.path as osp
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow  # trains: left out of `pytest -m "not slow"`
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+import benchmark_memory  # noqa: E402
+
+
+def test_checkpointing_variants_side_by_side_under_bf16(tmp_path, capsys):
+    config = osp.join(ROOT, 'configs/cls/cifar_resnet32_infopro_softmax_k4.py')
+    results = benchmark_memory.run([config, '--ks', '1', '4', '--checkpoint-ks', '--amp', '--batch-size', '16',
+                                    '--iters', '1', '--device', 'cpu', '--out-dir', str(tmp_path),
+                                    '--cfg-options', 'model.backbone.model_name=cifar_resnet20'])
+    assert 'precision=bfloat16' in capsys.readouterr().out
+    by = {r['name']: r for r in results}
+    assert list(by) == ['E2E', 'E2E + ckpt', 'K=4', 'K=4 + ckpt']
+    assert [r['grad_checkpointing'] for r in results] == [False, True, False, True]
+    assert all(r['precision'] == 'bfloat16' for r in results)
+    assert by['E2E + ckpt']['peak_bytes'] < by['E2E']['peak_bytes']
+    assert by['K=4 + ckpt']['peak_bytes'] < by['K=4']['peak_bytes'] < by['E2E']['peak_bytes']
+    assert json.loads((tmp_path / 'benchmark.json').read_text())['meta']['amp'] is True
