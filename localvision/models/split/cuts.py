@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from localvision.errors import InputError
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 STRATEGIES = ('equal', 'balanced')
 
@@ -56,22 +56,26 @@ def balanced_cuts(block_costs: Sequence[float], num_modules: int,
     for c in block_costs:
         prefix.append(prefix[-1] + c)
 
-    def seg(i: int, j: int, last: bool) -> float:
+    def cost(i: int, j: int, last: bool) -> float:
         return prefix[j + 1] - prefix[i] + (tail_cost if last else exit_costs[j])
+    return min_max_cuts(n, num_modules, cost)
 
-    inf = float('inf')
-    # best[k][j]: minimal max cost of splitting blocks 0..j into k+1 modules, the last ending at j.
-    best = [[inf] * n for _ in range(num_modules)]
+
+def min_max_cuts(num_blocks: int, num_modules: int, cost: Callable[[int, int, bool], float]) -> List[int]:
+    """Cuts minimising the largest ``cost(i, j, last)`` of a module of blocks ``i..j`` (``last``:
+    it is the last module), exact, by dynamic programming; ties prefer later cuts."""
+    n, inf = num_blocks, float('inf')
+    best = [[inf] * n for _ in range(num_modules)]  # best[k][j]: blocks 0..j in k+1 modules, the last ending at j
     arg = [[-1] * n for _ in range(num_modules)]
     for j in range(n):
-        best[0][j] = seg(0, j, last=(num_modules == 1 and j == n - 1))
+        best[0][j] = cost(0, j, num_modules == 1 and j == n - 1)
     for k in range(1, num_modules):
-        last_module = k == num_modules - 1
+        last = k == num_modules - 1
         for j in range(k, n):
-            if last_module and j != n - 1:
+            if last and j != n - 1:
                 continue
             for c in range(k - 1, j):  # previous module ends at c
-                v = max(best[k - 1][c], seg(c + 1, j, last=last_module))
+                v = max(best[k - 1][c], cost(c + 1, j, last))
                 if v <= best[k][j]:
                     best[k][j], arg[k][j] = v, c
     cuts, j = [], n - 1

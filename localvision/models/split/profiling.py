@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -128,30 +128,6 @@ class SplitProfile:
         if not checkpointing:
             return sum(self.saved[i:j + 1]) + end
         return sum(self.inputs[i:j + 1]) + max(end, max(self.recompute[i:j + 1]))
-
-
-def min_max_cuts(num_blocks: int, num_modules: int, cost: Callable[[int, int, bool], float]) -> List[int]:
-    """Cuts minimising the largest ``cost(i, j, last)`` of a module of blocks ``i..j`` (exact, by
-    dynamic programming; ties prefer later cuts, as :func:`~.cuts.balanced_cuts`)."""
-    n, inf = num_blocks, float('inf')
-    best = [[inf] * n for _ in range(num_modules)]  # best[k][j]: blocks 0..j in k+1 modules
-    arg = [[-1] * n for _ in range(num_modules)]
-    for j in range(n):
-        best[0][j] = cost(0, j, num_modules == 1 and j == n - 1)
-    for k in range(1, num_modules):
-        last = k == num_modules - 1
-        for j in range(k, n):
-            if last and j != n - 1:
-                continue
-            for c in range(k - 1, j):
-                v = max(best[k - 1][c], cost(c + 1, j, last))
-                if v <= best[k][j]:
-                    best[k][j], arg[k][j] = v, c
-    cuts, j = [], n - 1
-    for k in range(num_modules - 1, 0, -1):
-        j = arg[k][j]
-        cuts.append(j)
-    return sorted(cuts)
 
 
 @contextmanager

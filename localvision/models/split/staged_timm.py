@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from .block_sequence import BlockSequence, block_shapes, run_blocks, to_block_sequence
-from .cuts import STRATEGIES, balanced_cuts, check_num_modules, equal_cuts, module_ranges, validate_cuts
-from .profiling import SplitProfile, checkpointed, min_max_cuts, profile_saved_bytes
+from .cuts import STRATEGIES, balanced_cuts, check_num_modules, equal_cuts, min_max_cuts, module_ranges, validate_cuts
+from .profiling import SplitProfile, checkpointed, profile_saved_bytes
 from localvision.registry import MODELS
 
 Tensor = torch.Tensor

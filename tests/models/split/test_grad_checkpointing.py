@@ -9,7 +9,8 @@ from mmengine.optim import OptimWrapper
 
 from localvision.models.split import StagedTimm
 from localvision.models.split.cuts import balanced_cuts
-from localvision.models.split.profiling import SplitProfile, min_max_cuts
+from localvision.models.split.cuts import min_max_cuts
+from localvision.models.split.profiling import SplitProfile
 from localvision.utils.memory import PeakMemory
 
 from local_models import build, tiny
