@@ -520,8 +520,6 @@ class Check:
                     notes.append('memory-only rerun failed: ' + str(e).replace('\n', ' | '))
             else:
                 notes.append(f'memory-only rerun skipped: {left:.0f} s left, the first run took {took:.0f} s')
-            notes.append('gradient-checkpointing variants (E2E + checkpointing, K=4 + checkpointing) absent: not '
-                         'implemented yet (issue 15 items 1-2)')
             return dict(figures=figures, notes=notes)
         return run
 
@@ -571,15 +569,17 @@ class Check:
             self.part(f'amp_{task}', 60 if task == 'cls' else 45, self.amp(task))
         self.part('benchmark_resnet110', 90, self.benchmark(
             'benchmark_resnet110', 'configs/cls/cifar_resnet110_e2e.py',
-            full=['--ks', '1', '4', '--batch-size', '128', '--iters', '10'],
-            tiny=['--ks', '1', '4', '--batch-size', '8', '--iters', '1',
+            full=['--ks', '1', '4', '--checkpoint-ks', '--batch-size', '128', '--iters', '10'],
+            tiny=['--ks', '1', '4', '--checkpoint-ks', '--batch-size', '8', '--iters', '1',
                   '--cfg-options', 'model.backbone.model_name=cifar_resnet20']))
         self.part('benchmark_vit_s16', 90, self.benchmark(
             'benchmark_vit_s16', 'configs/cls/vit_tiny_shapes_greedy_k4.py',
-            full=['--ks', '1', '4', '--batch-size', '64', '--input-size', '3', '224', '224', '--iters', '10',
+            full=['--ks', '1', '4', '--checkpoint-ks', '--batch-size', '64', '--input-size', '3', '224', '224',
+                  '--iters', '10',
                   '--cfg-options', 'model.backbone.model_name=vit_small_patch16_224', 'model.backbone.img_size=224',
                   'model.backbone.patch_size=16'],
-            tiny=['--ks', '1', '4', '--batch-size', '4', '--input-size', '3', '32', '32', '--iters', '1']))
+            tiny=['--ks', '1', '4', '--checkpoint-ks', '--batch-size', '4', '--input-size', '3', '32', '32',
+                  '--iters', '1']))
         self.part('pipeline_cuda', 60, self.pipeline_cuda)
         self.report['finished'] = True
 
