@@ -9,7 +9,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from .block_sequence import BlockSequence, block_shapes, run_blocks, to_block_sequence
+from .block_sequence import BlockSequence, block_shapes, to_block_sequence
 from .cuts import STRATEGIES, balanced_cuts, check_num_modules, equal_cuts, min_max_cuts, module_ranges, validate_cuts
 from .profiling import SplitProfile, checkpointed, profile_saved_bytes
 from localvision.registry import MODELS
@@ -250,10 +250,7 @@ class StagedTimm(nn.Module):
 
     def forward_module(self, k: int, x: Tensor) -> Tensor:
         """Run module k on ``x`` (the image for k = 0, the previous module's output otherwise)."""
-        if self.grad_checkpointing and self.training:
-            return self.forward_module_levels(k, x, None, wanted=())[0]
-        r = self.module_ranges()[k]
-        return run_blocks(self.seq, x, r[0], r[-1], apply_final_norm=(k == self.num_modules - 1))
+        return self.forward_module_levels(k, x, None, wanted=())[0]
 
     def forward_module_levels(self, k: int, x: Tensor, img_hw: Optional[Tuple[int, int]],
                               wanted: Optional[Collection[int]] = None) -> Tuple[Tensor, Dict[int, Tensor]]:
