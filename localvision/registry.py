@@ -4,13 +4,12 @@ Each is a child of mmengine's root registry of the same kind, so a config with
 ``default_scope='localvision'`` finds localvision's own components and falls back to
 mmengine's (``ImgDataPreprocessor``, ``OptimWrapper``, hooks, ...). Transforms also fall back to
 mmcv's (``LoadImageFromFile``, ``RandomFlip``, ``Resize``...), which mmcv registers in mmengine's root
-registry. mmcv is optional here: without it (a machine that only builds and trains models on
-synthetic batches, e.g. ``tools/analysis/gpu_check.sh``) models and engine work, but not
-``localvision.datasets``, whose transforms use mmcv.
+registry. mmcv is optional here: without it the split backbones, local objectives and the engine
+work (a machine that only builds models, e.g. for ``tools/analysis/backbone_support.py``).
 
-Segmentation and detection components are registered in mmseg's and mmdet's own registries
-instead (their configs keep ``_scope_='mmseg'`` / ``'mmdet'``), see ``localvision.seg`` and
-``localvision.det``.
+The task models are registered in the libraries' own registries instead (their configs keep
+``default_scope='mmpretrain'`` / ``'mmseg'`` / ``'mmdet'``), see ``localvision.cls``,
+``localvision.seg`` and ``localvision.det``.
 """
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
@@ -43,13 +42,11 @@ except ModuleNotFoundError as e:
 SCOPE = 'localvision'
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['localvision.models'])
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope=SCOPE, locations=['localvision.datasets'])
-TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope=SCOPE,
-                      locations=['localvision.datasets.transforms'])
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope=SCOPE, locations=['localvision.evaluation'])
-EVALUATOR = Registry('evaluator', parent=MMENGINE_EVALUATOR, scope=SCOPE, locations=['localvision.evaluation'])
-DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope=SCOPE,
-                         locations=['localvision.datasets'])
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope=SCOPE)
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope=SCOPE)
+METRICS = Registry('metric', parent=MMENGINE_METRICS, scope=SCOPE)
+EVALUATOR = Registry('evaluator', parent=MMENGINE_EVALUATOR, scope=SCOPE)
+DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope=SCOPE)
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope=SCOPE, locations=['localvision.engine'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope=SCOPE,
                           locations=['localvision.engine'])

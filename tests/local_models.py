@@ -1,7 +1,7 @@
 """Tiny instances of every local task model, for the tests that must hold for all of them.
 
-:func:`local_model_classes` finds the task models in the registries (localvision's, mmseg's and
-mmdet's ``MODELS``): every registered class following the units contract. :data:`TINY` holds,
+:func:`local_model_classes` finds the task models in the registries (localvision's, mmpretrain's,
+mmseg's and mmdet's ``MODELS``): every registered class following the units contract. :data:`TINY` holds,
 per class name, a tiny config (real mmseg / mmdet heads, timm backbone), its registry scope, a
 batch maker and the stock library's loss of the same network (the end-to-end reference). A task
 model registered without an entry here fails ``test_every_local_model_has_a_tiny_instance``.
@@ -21,16 +21,18 @@ BN = dict(type='BN', requires_grad=True)
 
 def local_model_classes() -> Dict[str, type]:
     """``{class name: class}`` of every registered model that follows the units contract."""
+    import localvision.cls  # noqa: F401  (registers in mmpretrain's registries)
     import localvision.det  # noqa: F401  (registers in mmdet's registries)
     import localvision.models  # noqa: F401
     import localvision.seg  # noqa: F401  (registers in mmseg's registries)
     from mmdet.registry import MODELS as MMDET_MODELS
+    from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
     from mmseg.registry import MODELS as MMSEG_MODELS
 
     from localvision.registry import MODELS as LV_MODELS
     from localvision.structures import is_local_model
     found = {}
-    for registry in (LV_MODELS, MMSEG_MODELS, MMDET_MODELS):
+    for registry in (LV_MODELS, MMPRETRAIN_MODELS, MMSEG_MODELS, MMDET_MODELS):
         for name, cls in registry.module_dict.items():
             if isinstance(cls, type) and is_local_model(cls) and hasattr(cls, 'task_heads'):
                 found[name] = cls
@@ -51,8 +53,8 @@ def _images(n: int, seed: int, size: int = SIZE) -> List[torch.Tensor]:
 
 
 def cls_batch(n: int = 4, seed: int = 0) -> dict:
-    from localvision.structures import ClsDataSample
-    return dict(inputs=_images(n, seed, 32), data_samples=[ClsDataSample().set_gt_label(i % 4) for i in range(n)])
+    from mmpretrain.structures import DataSample
+    return dict(inputs=_images(n, seed, 32), data_samples=[DataSample().set_gt_label(i % 4) for i in range(n)])
 
 
 def seg_batch(n: int = 4, seed: int = 0) -> dict:
@@ -86,7 +88,8 @@ def det_batch(n: int = 4, seed: int = 0) -> dict:
 def cls_cfg(k: int) -> dict:
     return dict(type='LocalImageClassifier',
                 data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3),
-                backbone=dict(type='StagedTimm', model_name='cifar_resnet20'), num_classes=4,
+                backbone=dict(type='StagedTimm', model_name='cifar_resnet20'),
+                head=dict(type='LinearClsHead', num_classes=4, loss=dict(type='CrossEntropyLoss')),
                 split=dict(num_modules=k, strategy='equal', input_size=(3, 32, 32)),
                 local_objective=dict(type='InfoPro', lambda_recon=1.0, lambda_task=1.0,
                                      head=dict(type='PoolLinearHead')))
@@ -157,11 +160,9 @@ def faster_rcnn_cfg(k: int) -> dict:
 
 
 def _cls_reference(model, data: dict) -> Dict[str, torch.Tensor]:
-    """Plain timm classification: the whole network, cross-entropy of its head."""
-    import torch.nn.functional as F
+    """Plain classification: the whole timm model (pooled features) and the mmpretrain head's loss."""
     data = model.data_preprocessor(data, True)
-    targets = torch.cat([ds.gt_label for ds in data['data_samples']])
-    return {'loss_cls': F.cross_entropy(model.backbone.model(data['inputs']), targets)}
+    return {'loss_cls': model.head.loss((model.backbone.model(data['inputs']),), data['data_samples'])['loss']}
 
 
 def _stock_reference(base: type) -> Callable:
@@ -185,7 +186,7 @@ def _tiny() -> Dict[str, Tiny]:
     from mmdet.models.detectors.two_stage import TwoStageDetector
     from mmseg.models.segmentors import EncoderDecoder
     return {
-        'LocalImageClassifier': Tiny(cls_cfg, 'localvision', cls_batch, _cls_reference),
+        'LocalImageClassifier': Tiny(cls_cfg, 'mmpretrain', cls_batch, _cls_reference),
         'LocalEncoderDecoder': Tiny(seg_cfg, 'mmseg', seg_batch, _stock_reference(EncoderDecoder)),
         'LocalSingleStageDetector': Tiny(retinanet_cfg, 'mmdet', det_batch, _stock_reference(SingleStageDetector)),
         'LocalTwoStageDetector': Tiny(faster_rcnn_cfg, 'mmdet', det_batch, _stock_reference(TwoStageDetector)),

@@ -58,7 +58,7 @@ def main(argv=None):
         check_checkpoint(args.checkpoint)
         kind = cfg.model.get('type')
         if kind == 'LocalImageClassifier':
-            from localvision.models.classifiers.export import export
+            from localvision.cls.export import export
         elif kind in DETECTORS:
             from localvision.det.export import export
         else:
@@ -67,7 +67,7 @@ def main(argv=None):
     except InputError as e:
         raise SystemExit(f'error: {e}') from None
     if kind == 'LocalImageClassifier':
-        from localvision.models.classifiers.export import stock_command
+        from localvision.cls.export import stock_command
         stock = stock_command(config)
     else:
         api = 'mmdet.apis.init_detector' if kind in DETECTORS else 'mmseg.apis.init_model'

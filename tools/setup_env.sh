@@ -56,7 +56,7 @@ check_imports() {
   "$VPY" - <<'PY' 2>/dev/null
 import torch, torchvision, timm, mmengine, mmcv
 from mmcv.ops import nms  # compiled ops, not mmcv-lite
-import mmseg.models, mmdet.models, localvision
+import mmpretrain.models, mmseg.models, mmdet.models, localvision
 PY
 }
 if [ "${LV_FORCE_SETUP:-0}" != 1 ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && check_imports; then
@@ -115,7 +115,7 @@ pip_q install -q -c "$others" -e ".[all,test]"
 rm -f "$others"
 
 if ! check_imports; then
-  log "ERROR: the stack does not import after set-up; run: $VPY -c 'import mmseg.models, mmdet.models'"
+  log "ERROR: the stack does not import after set-up; run: $VPY -c 'import mmpretrain.models, mmseg.models, mmdet.models'"
   exit 1
 fi
 echo "$stamp" > "$stamp_file"

@@ -1,7 +1,8 @@
-"""Datasets, transforms and generated demo data of localvision (imports register them)."""
-from .cls_datasets import BaseClsDataset, CIFAR10Dataset, CIFAR100Dataset, ImageFolderDataset
-from .synthetic import SHAPE_CLASSES, make_shapes_classification
-from .transforms import PackClsInputs, RandomCrop, RandomResizedCrop
+"""The generated demo sets of localvision (classification, segmentation, detection).
 
-__all__ = ['BaseClsDataset', 'ImageFolderDataset', 'CIFAR10Dataset', 'CIFAR100Dataset', 'SHAPE_CLASSES',
-           'make_shapes_classification', 'PackClsInputs', 'RandomCrop', 'RandomResizedCrop']
+The classification set is an ImageFolder layout that mmpretrain's ``CustomDataset`` reads; the
+segmentation and detection sets are read by ``localvision.seg`` / ``localvision.det`` datasets.
+"""
+from .synthetic import SHAPE_CLASSES, make_shapes_classification
+
+__all__ = ['SHAPE_CLASSES', 'make_shapes_classification']

@@ -1,7 +1,7 @@
 """A generated, reproducible image-classification set: shapes and patterns on clutter.
 
 ``make_shapes_classification`` writes ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``
-(ImageFolder layout, read by :class:`~localvision.datasets.ImageFolderDataset`) and
+(ImageFolder layout, read by mmpretrain's ``CustomDataset``) and
 ``root/meta.json``. Each image shows one shape or pattern (the class) at a random position,
 size, rotation and colour over a noisy, low-frequency coloured background with small
 distractors (thin lines, dots). Shapes are drawn on a 4x supersampled grid and box-filtered
@@ -92,7 +92,7 @@ _SHAPES: Dict[str, Tuple[Mask, bool]] = {
     'stripes_v': (lambda u, v, r: _pattern(u, v, _stripes(u, r.uniform(2.0, 3.0))), False),
     'checker': (lambda u, v, r: _pattern(u, v, _stripes(u, 1.5) ^ _stripes(v, 1.5)), False),
 }
-#: Class names, in the (alphabetical) order ImageFolderDataset gives them indices.
+#: Class names, in the (alphabetical) order CustomDataset gives them indices.
 SHAPE_CLASSES: Tuple[str, ...] = tuple(sorted(_SHAPES))
 
 

@@ -1,6 +1,6 @@
-"""Models: the stage split, local objectives, task models and backbones."""
+"""Models: the stage split, local objectives, the mechanism and backbones (the task models are in
+``localvision.cls`` / ``seg`` / ``det``)."""
 from . import backbones, objectives, split  # noqa: F401
-from .classifiers import LocalImageClassifier
 from .local_model import LocalLearningModel
 
-__all__ = ['LocalImageClassifier', 'LocalLearningModel']
+__all__ = ['LocalLearningModel']

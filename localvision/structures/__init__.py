@@ -1,5 +1,4 @@
-"""Data structures passed between datasets, models, executors and metrics."""
-from .cls_data_sample import ClsDataSample
+"""Data structures passed between task models, executors and the module-parallel stages."""
 from .local_context import LocalContext, LocalUnits, is_local_model
 
-__all__ = ['ClsDataSample', 'LocalContext', 'LocalUnits', 'is_local_model']
+__all__ = ['LocalContext', 'LocalUnits', 'is_local_model']

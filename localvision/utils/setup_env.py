@@ -14,11 +14,10 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     """Import every localvision module that registers components, allow-list mmengine
     checkpoint globals, make local checkpoint writes atomic, and set the default scope.
 
-    Does not import mmseg or mmdet: their task modules come in through ``custom_imports``.
+    Does not import mmpretrain, mmseg or mmdet: the task modules come in through
+    ``custom_imports`` (``localvision.cls`` / ``seg`` / ``det``).
     """
-    import localvision.datasets  # noqa: F401
     import localvision.engine  # noqa: F401
-    import localvision.evaluation  # noqa: F401
     import localvision.models  # noqa: F401
     allow_mmengine_checkpoints()
     use_atomic_local_writes()

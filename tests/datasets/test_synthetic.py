@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localvision.datasets import ImageFolderDataset
+from mmpretrain.datasets import CustomDataset
 from localvision.datasets.synthetic import SHAPE_CLASSES, make_shapes_classification, render_shape_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,8 +26,9 @@ def test_layout_counts_and_meta(tmp_path):
     meta = json.loads((root / 'meta.json').read_text())
     assert meta['params']['seed'] == 0 and meta['classes'] == classes and 'version' in meta
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # no temp folder left
-    ds = ImageFolderDataset(data_root=str(root), data_prefix='val')
+    ds = CustomDataset(data_root=str(root), data_prefix='val')  # mmpretrain reads the ImageFolder layout
     assert len(ds) == 8 and list(ds.metainfo['classes']) == classes
+    assert [ds.get_data_info(i)['gt_label'] for i in range(0, 8, 2)] == [0, 1, 2, 3]
 
 
 def test_same_seed_byte_identical_different_seed_differs(tmp_path):

@@ -20,14 +20,14 @@ def free_port() -> int:
 def write_config(path, data_root, cuts=(2, 5, 8), pipeline="dict(schedule='sync', micro_batches=4, queue_size=2)",
                  batch_size=16, epochs=1, extra='', model_extra='', augment=True):
     pipeline_line = f'pipeline = {pipeline}' if pipeline else ''
-    aug = '' if augment else ", pipeline=[dict(type='LoadImageFromFile'), dict(type='PackClsInputs')]"
+    aug = '' if augment else ", pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')]"
     path.write_text(f"""_base_ = ['{BASE}']
 data_root = '{data_root}'
 train_dataloader = dict(batch_size={batch_size}, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root=data_root{aug}))
 val_dataloader = dict(batch_size=16, num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
-model = dict(num_classes=4, backbone=dict(model_name='cifar_resnet20'), split=dict(cuts={list(cuts)}){model_extra})
+model = dict(head=dict(num_classes=4), backbone=dict(model_name='cifar_resnet20'), split=dict(cuts={list(cuts)}){model_extra})
 optim_wrapper = dict(optimizer=dict(lr=0.05))
 param_scheduler = []
 train_cfg = dict(max_epochs={epochs}, val_interval=1)

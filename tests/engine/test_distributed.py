@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from mmengine.optim import OptimWrapper
 
 from localvision.engine import LocalDistributedDataParallel
-from localvision.models import LocalImageClassifier
-from localvision.structures import ClsDataSample
+from localvision.cls import LocalImageClassifier
+from mmpretrain.structures import DataSample
 
 pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
 
@@ -26,7 +26,7 @@ def tiny_vit(k: int, executor='PerModuleBackward') -> LocalImageClassifier:
     return LocalImageClassifier(
         backbone=dict(model_name='vit_tiny_patch16_224', img_size=32, patch_size=8, depth=4, embed_dim=48,
                       num_heads=3),
-        num_classes=4, split=dict(num_modules=k, strategy='equal', input_size=(3, 32, 32)),
+        head=dict(type='LinearClsHead', num_classes=4), split=dict(num_modules=k, strategy='equal', input_size=(3, 32, 32)),
         local_objective=dict(type='Greedy', head=dict(type='PoolLinearHead')),
         executor=dict(type=executor) if isinstance(executor, str) else executor,
         data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3))
@@ -35,7 +35,7 @@ def tiny_vit(k: int, executor='PerModuleBackward') -> LocalImageClassifier:
 def global_batch(n: int = 8) -> dict:
     g = torch.Generator().manual_seed(3)
     return dict(inputs=[torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8) for _ in range(n)],
-                data_samples=[ClsDataSample().set_gt_label(i % 4) for i in range(n)])
+                data_samples=[DataSample().set_gt_label(i % 4) for i in range(n)])
 
 
 def shard(batch: dict, rank: int, world: int) -> dict:

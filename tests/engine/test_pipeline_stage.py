@@ -3,28 +3,29 @@ import torch
 
 from localvision.engine.pipeline.stage import fields_to_send, ownership, release_foreign, trace_units
 from localvision.engine.pipeline.transport import pack, unpack
-from localvision.models import LocalImageClassifier
-from localvision.structures import ClsDataSample
+from localvision.cls import LocalImageClassifier
+from mmpretrain.structures import DataSample
 
 
 def model(**kw):
     torch.manual_seed(0)
     return LocalImageClassifier(
-        backbone=dict(model_name='cifar_resnet20'), num_classes=4, split=dict(cuts=[3, 6], input_size=(3, 32, 32)),
+        backbone=dict(model_name='cifar_resnet20'), head=dict(type='LinearClsHead', num_classes=4), split=dict(cuts=[3, 6], input_size=(3, 32, 32)),
         data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3), **kw)
 
 
 def batch(m):
     data = m.data_preprocessor(dict(inputs=[torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(4)],
-                                    data_samples=[ClsDataSample().set_gt_label(i % 4) for i in range(4)]), True)
+                                    data_samples=[DataSample().set_gt_label(i % 4) for i in range(4)]), True)
     return data['inputs'], data['data_samples']
 
 
 def test_greedy_sends_only_the_labels_and_image_size_with_the_activation():
     m = model(local_objective=dict(type='Greedy', head=dict(type='PoolLinearHead')))
     t = trace_units(m, *batch(m))
-    assert fields_to_send(t['reads'], 0) == ['targets', 'img_hw']  # module 1's head maps tokens/maps by size
-    assert fields_to_send(t['reads'], 1) == ['targets']  # the last module: the task loss only
+    # module 1's head maps tokens/maps by size; the last module: the mmpretrain head's loss (data samples)
+    assert sorted(fields_to_send(t['reads'], 0)) == ['data_samples', 'img_hw', 'targets']
+    assert sorted(fields_to_send(t['reads'], 1)) == ['data_samples', 'img_hw']
 
 
 def test_infopro_and_contsup_e_need_the_image_and_pixel_statistics():
@@ -40,9 +41,9 @@ def test_infopro_and_contsup_e_need_the_image_and_pixel_statistics():
     assert key_owner['context.cuts.0.encoder.bn1.running_mean'] == 1  # the cut before module 1 is module 1's
     assert key_owner['objectives.1.decoder.0.weight' if 'objectives.1.decoder.0.weight' in key_owner else
                      next(k for k in key_owner if k.startswith('objectives.1.'))] == 1
-    assert key_owner['backbone.model.fc.weight'] == 2
+    assert key_owner['head.fc.weight'] == 2
     freed = release_foreign(m, param_owner, key_owner, 1, keep=unclaimed)
-    assert freed > 0 and m.backbone.model.fc.weight.numel() == 0 and m.data_preprocessor.mean.numel() == 3
+    assert freed > 0 and m.head.fc.weight.numel() == 0 and m.data_preprocessor.mean.numel() == 3
 
 
 def test_pack_round_trip_keeps_nesting_and_values():

@@ -31,7 +31,7 @@ data_root = '{data_root}'
 train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
 val_dataloader = dict(batch_size=16, num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
-model = dict(num_classes=4, backbone=dict(model_name='cifar_resnet20'), split=dict(cuts=[2, 5, 8]))
+model = dict(head=dict(num_classes=4), backbone=dict(model_name='cifar_resnet20'), split=dict(cuts=[2, 5, 8]))
 train_cfg = dict(max_epochs={epochs}, val_interval=1)
 default_hooks = dict(logger=dict(interval=1))
 {extra}

@@ -73,7 +73,7 @@ def test_a_stock_mmseg_runtime_trains_in_one_process_on_cpu(tiny_cls_root, tmp_p
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     roots = [f'{s}_dataloader.dataset.data_root={tiny_cls_root}' for s in ('train', 'val', 'test')]
     runner = train_tool.main([CLS_CONFIG, '--work-dir', str(tmp_path / 'w'), '--cfg-options', *roots,
-                              'env_cfg.dist_cfg.backend=nccl', 'model.num_classes=4',
+                              'env_cfg.dist_cfg.backend=nccl', 'model.head.num_classes=4',
                               'model.backbone.model_name=cifar_resnet20', 'model.split.cuts=[2,5,8]',
                               'train_dataloader.batch_size=32', 'train_dataloader.num_workers=0',
                               'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',

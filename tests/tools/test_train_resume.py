@@ -26,7 +26,7 @@ def tiny_options(data_root, epochs):
             'train_dataloader.batch_size=16', 'train_dataloader.num_workers=0',
             'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
             'val_dataloader.persistent_workers=False', 'test_dataloader.num_workers=0',
-            'test_dataloader.persistent_workers=False', 'model.num_classes=4',
+            'test_dataloader.persistent_workers=False', 'model.head.num_classes=4',
             'model.backbone.model_name=cifar_resnet20', 'model.split.cuts=[2,5,8]',
             f'train_cfg.max_epochs={epochs}', 'train_cfg.val_interval=1', 'default_hooks.logger.interval=1']
 
@@ -130,7 +130,7 @@ def test_ctrl_c_stops_after_the_iteration_and_resume_ends_like_the_uninterrupted
         cfg = train_tool.build_cfg(train_tool.parse_args([CONFIG, '--work-dir', work, *extra]
                                                          + tiny_options(tiny_cls_root, 2)))
         cfg.randomness = dict(seed=0)
-        cfg.train_dataloader.dataset.pipeline = [dict(type='LoadImageFromFile'), dict(type='PackClsInputs')]
+        cfg.train_dataloader.dataset.pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
         return cfg
 
     whole, work = str(tmp_path / 'whole'), str(tmp_path / 'work')

@@ -56,16 +56,16 @@ def _worker(rank: int, args, port: int, out_file: str) -> None:
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group('nccl' if cuda else 'gloo', rank=rank, world_size=args.nproc)
     torch.set_num_threads(args.threads)
-    register_all_modules()
-    cfg = Config.fromfile(args.config)
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(args.config)  # imports its custom_imports (localvision.cls)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'localvision'))
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     input_size = args.input_size or cfg.model.split.input_size
     cfg.model.split['input_size'] = tuple(input_size)
     device = torch.device('cuda') if cuda else torch.device('cpu')
     per_rank = args.batch_size // args.nproc
-    batch = synthetic_cls_batch(args.batch_size, input_size, cfg.model.num_classes)
+    batch = synthetic_cls_batch(args.batch_size, input_size, cfg.model.head.num_classes)
     batch = {k: v[rank * per_rank:(rank + 1) * per_rank] for k, v in batch.items()}
     variants = []
     for k in args.ks:

@@ -129,7 +129,7 @@ class IterTimes(Hook):
 
 def balanced_indices(dataset_cfg: dict, per_class: int) -> List[int]:
     """Indices of the first ``per_class`` samples of every class of a dataset config."""
-    from localvision.registry import DATASETS
+    from mmpretrain.registry import DATASETS
     ds = DATASETS.build(dict(dataset_cfg, pipeline=[]))
     taken: Dict[int, int] = defaultdict(int)
     out = []
@@ -184,21 +184,20 @@ def prepare_base(args) -> Config:
     cfg.test_dataloader = cfg.val_dataloader
     if args.lr is not None:
         cfg.optim_wrapper.optimizer.lr = args.lr
-    from localvision.registry import DATASETS  # noqa: F401  (registers the data sets)
     from mmengine.registry import init_default_scope
-    init_default_scope(cfg.get('default_scope', 'localvision'))
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     if cfg.get('custom_imports'):
         import importlib
         for m in cfg.custom_imports['imports']:
             importlib.import_module(m)
-    if args.data_root and 'model.num_classes' not in (args.cfg_options or {}):
+    if args.data_root and 'model.head.num_classes' not in (args.cfg_options or {}):
         prefix = cfg.train_dataloader.dataset.get('data_prefix', '')
         prefix = prefix.get('img_path', '') if isinstance(prefix, dict) else prefix
         train_dir = osp.join(args.data_root, prefix)
         if not osp.isdir(train_dir):
             raise SystemExit(f'error: --data-root: {train_dir} is not a folder (ImageFolder layout: '
                              '<root>/train/<class>/<image>, <root>/val/<class>/<image>)')
-        cfg.model.num_classes = len([d for d in os.listdir(train_dir) if osp.isdir(osp.join(train_dir, d))])
+        cfg.model.head.num_classes = len([d for d in os.listdir(train_dir) if osp.isdir(osp.join(train_dir, d))])
     if args.train_per_class:
         cfg.train_dataloader.dataset.indices = balanced_indices(cfg.train_dataloader.dataset.to_dict(),
                                                                 args.train_per_class)

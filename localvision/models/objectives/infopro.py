@@ -133,6 +133,6 @@ class InfoPro(InfoProBase):
                 losses['loss_cls'] = self.lambda_task * F.cross_entropy(out, ctx.targets)
             else:
                 z = F.normalize(out.float(), dim=1)
-                losses['loss_contrast'] = self.lambda_task * supervised_contrastive_loss(
-                    z, ctx.targets, self.temperature)
+                labels = ctx.targets if ctx.targets.dim() == 1 else ctx.targets.argmax(1)  # Mixup: main class
+                losses['loss_contrast'] = self.lambda_task * supervised_contrastive_loss(z, labels, self.temperature)
         return losses

@@ -5,10 +5,10 @@ import pytest
 import torch
 from mmengine.optim import OptimWrapper
 
-from localvision.models import LocalImageClassifier
+from localvision.cls import LocalImageClassifier
 from localvision.models.context import ContSup, add_to_features, build_context
 from localvision.models.objectives import LocalContext
-from localvision.structures import ClsDataSample
+from mmpretrain.structures import DataSample
 
 VIT = dict(model_name='vit_tiny_patch16_224', img_size=16, patch_size=4, depth=3, embed_dim=24, num_heads=2,
            dynamic_img_size=True)
@@ -20,7 +20,7 @@ def make_model(variant='R1E', k=3, n=None, backbone=None, objective=None, execut
     if n is not None:
         context['n'] = n
     return LocalImageClassifier(
-        backbone=backbone or dict(model_name='cifar_resnet20'), num_classes=4,
+        backbone=backbone or dict(model_name='cifar_resnet20'), head=dict(type='LinearClsHead', num_classes=4),
         split=dict(input_size=(3, size, size), num_modules=k, strategy='equal'),
         local_objective=objective or dict(type='Greedy', head=dict(type='PoolLinearHead')), context=context,
         executor=dict(type=executor),
@@ -30,7 +30,7 @@ def make_model(variant='R1E', k=3, n=None, backbone=None, objective=None, execut
 def make_batch(n=6, size=32, seed=1):
     g = torch.Generator().manual_seed(seed)
     return dict(inputs=[torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)],
-                data_samples=[ClsDataSample().set_gt_label(i % 4) for i in range(n)])
+                data_samples=[DataSample().set_gt_label(i % 4) for i in range(n)])
 
 
 def unit_losses_and_inputs(model, batch):
@@ -70,7 +70,7 @@ def test_variants_build_the_published_projections():
 def test_unknown_type_variant_and_n_fail_at_build_time():
     with pytest.raises(ValueError, match=r"model.context.type='ContSupp' is not a registered context supply; "
                                          r"allowed: \['ContSup'\]"):
-        make_model().__class__(backbone=dict(model_name='cifar_resnet20'), num_classes=4,
+        make_model().__class__(backbone=dict(model_name='cifar_resnet20'), head=dict(type='LinearClsHead', num_classes=4),
                                split=dict(input_size=(3, 32, 32), num_modules=2, strategy='equal'),
                                local_objective=dict(type='Greedy'), context=dict(type='ContSupp'))
     with pytest.raises(ValueError, match=r"model.context.variant='R2E' is unknown; allowed: \['E', 'R1', 'Rn'"):
@@ -120,7 +120,7 @@ def test_inference_uses_the_context_path_and_checkpoints_keep_it():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         out = model(x, mode='tensor')
-        plain = model.backbone.model.forward_head(model.backbone(x))
+        plain = model.head((model.backbone.model(x),))  # the same network without the context path
     assert not torch.allclose(out, plain)
     state = model.state_dict()
     assert any(k.startswith('context.cuts.1.encoder.') for k in state)

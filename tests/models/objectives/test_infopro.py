@@ -6,7 +6,7 @@ from mmengine.model import ImgDataPreprocessor
 
 from localvision.models.objectives import (InfoPro, LocalContext, build_objective, pixel_stats,
                                            scheduled_value, supervised_contrastive_loss)
-from localvision.structures import ClsDataSample
+from mmpretrain.structures import DataSample
 
 
 def make_ctx(n=8, num_classes=4, hw=(16, 16), seed=0):
@@ -22,7 +22,7 @@ def make_ctx(n=8, num_classes=4, hw=(16, 16), seed=0):
 def test_image01_undoes_the_preprocessor_whatever_its_mean_std_and_channel_order(bgr_to_rgb):
     pre = ImgDataPreprocessor(mean=[10.0, 128.0, 200.0], std=[30.0, 2.0, 90.0], bgr_to_rgb=bgr_to_rgb)
     raw = [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(3)]
-    data = pre(dict(inputs=raw, data_samples=[ClsDataSample().set_gt_label(0)] * 3), True)
+    data = pre(dict(inputs=raw, data_samples=[DataSample().set_gt_label(0)] * 3), True)
     mean, std = pixel_stats(pre)
     ctx = LocalContext(inputs=data['inputs'], pixel_mean=mean, pixel_std=std)
     expected = torch.stack([r[[2, 1, 0]] if bgr_to_rgb else r for r in raw]).float() / 255

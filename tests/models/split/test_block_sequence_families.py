@@ -72,17 +72,17 @@ def test_modules_in_a_row_equal_forward_features(name, kwargs, size):
 def test_one_local_training_step(name, kwargs, size):
     from mmengine.optim import OptimWrapper
 
-    from localvision.models import LocalImageClassifier
-    from localvision.structures import ClsDataSample
+    from localvision.cls import LocalImageClassifier
+    from mmpretrain.structures import DataSample
     torch.manual_seed(0)
     model = LocalImageClassifier(
-        backbone=dict(model_name=name, **kwargs), num_classes=4,
+        backbone=dict(model_name=name, **kwargs), head=dict(type='LinearClsHead', num_classes=4),
         split=dict(num_modules=3, strategy='equal', input_size=(3, size, size)),
         local_objective=dict(type='InfoPro', lambda_recon=1.0, lambda_task=1.0, head=dict(type='PoolLinearHead')),
         data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3))
     g = torch.Generator().manual_seed(1)
     batch = dict(inputs=[torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8) for _ in range(2)],
-                 data_samples=[ClsDataSample().set_gt_label(i) for i in range(2)])
+                 data_samples=[DataSample().set_gt_label(i) for i in range(2)])
     before = [p.detach().clone() for p in model.parameters()]
     losses = model.train_step(batch, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
     assert all(torch.isfinite(v).all() for v in losses.values())

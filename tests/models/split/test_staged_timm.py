@@ -95,8 +95,9 @@ def test_balanced_split_finds_the_published_infopro_star_cuts_of_resnet110(k, pu
     """InfoPro* (balanced memory) splits of ResNet-110 were hand-made; the measured cost model
     (blocks' saved activations + the auxiliary net at each cut + the task head) and the exact
     min-max partition reproduce them."""
-    from localvision.models import LocalImageClassifier
-    model = LocalImageClassifier(backbone=dict(model_name='cifar_resnet110'), num_classes=10,
+    from localvision.cls import LocalImageClassifier
+    model = LocalImageClassifier(backbone=dict(model_name='cifar_resnet110'),
+                                 head=dict(type='LinearClsHead', num_classes=10),
                                  split=dict(num_modules=k, strategy='balanced', input_size=(3, 32, 32)),
                                  local_objective=dict(type='Greedy', head=dict(type='ConvFCHead')))
     ours, theirs = model.backbone.cuts, [model.backbone.seq.index_of(c) for c in published]

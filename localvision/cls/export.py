@@ -1,9 +1,10 @@
 """Export a trained :class:`LocalImageClassifier` to a checkpoint that stock timm loads.
 
-The timm model owns every parameter of the classifier, its head included, so the export is the
-timm model's own state dict: ``backbone.model.<timm key>`` -> ``<timm key>``; the auxiliary nets of
-local learning (``objectives.*``) are dropped. The file is ``dict(state_dict=..., meta=...)``,
-which timm's ``load_checkpoint`` reads (key ``state_dict``, ``weights_only=True``), so
+The trained network is the timm model (built without its classifier) plus the mmpretrain head's
+linear layer; stock timm holds both in one model: ``backbone.model.<timm key>`` -> ``<timm key>``
+and the head's ``Linear`` -> the timm classifier (``fc`` of a ResNet, ``head`` of a ViT,
+``head.fc`` of a ConvNeXt...); the auxiliary nets of local learning (``objectives.*``) are
+dropped. The file is ``dict(state_dict=..., meta=...)``, which timm's ``load_checkpoint`` reads, so
 
     timm.create_model(model_name, num_classes=N, <the config's timm arguments>, checkpoint_path=OUT)
 
@@ -14,7 +15,8 @@ defaults do not know.
 
 Refused with one line each: a context supply (``model.context``, ContSup), whose context path
 runs at inference and has no counterpart in a timm model; backbones that only exist in timm
-through localvision (the CIFAR ResNets).
+through localvision (the CIFAR ResNets); heads other than one linear layer on timm's pooling
+(``neck=None`` or ``GlobalAveragePooling``), which timm's classifier cannot hold.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from localvision.utils.export import check_stock_timm_model, save_stock_checkpoi
 
 TIMM_PREFIX = 'backbone.model.'
 DROPPED_PREFIXES = ('objectives.', 'data_preprocessor.')  # auxiliary nets; the preprocessor has no weights
+STOCK_NECKS = (None, 'GlobalAveragePooling')
 
 
 def check_no_context(model: nn.Module, state: Mapping[str, Any]) -> None:
@@ -41,26 +44,52 @@ def check_no_context(model: nn.Module, state: Mapping[str, Any]) -> None:
                          'this one with tools/test.py')
 
 
+def head_linear(model: nn.Module) -> Tuple[str, nn.Linear]:
+    """The head's one linear layer (``head.<name>``), refusing heads timm's classifier cannot hold."""
+    neck = None if model.neck is None else type(model.neck).__name__
+    linears = [(n, m) for n, m in model.head.named_modules() if isinstance(m, nn.Linear)]
+    params = sum(1 for _ in model.head.parameters())
+    if neck not in STOCK_NECKS or len(linears) != 1 or params != sum(1 for _ in linears[0][1].parameters()):
+        raise InputError(f'model.neck={neck} with model.head={type(model.head).__name__}: stock timm holds one '
+                         'linear classifier on its own pooling, so only neck=None or GlobalAveragePooling with a '
+                         'single-linear head (LinearClsHead, VisionTransformerClsHead without hidden_dim) export')
+    return f'head.{linears[0][0]}', linears[0][1]
+
+
+def timm_arguments(model: nn.Module) -> Tuple[str, Dict[str, Any]]:
+    """``(model_name, kwargs)`` of the ``timm.create_model`` call that builds the trained network
+    (what the backbone gave timm, without the local weights file, and the head's classes)."""
+    kwargs = {k: v for k, v in model.backbone.timm_kwargs.items() if k != 'num_classes'}
+    return model.backbone.model_name, dict(num_classes=model.head.num_classes, **kwargs)
+
+
+def timm_classifier_name(model: nn.Module) -> str:
+    """Where the stock timm model keeps its classifier (``fc``, ``head``, ``head.fc``...)."""
+    import timm
+    name, kwargs = timm_arguments(model)
+    with torch.device('meta'):
+        stock = timm.create_model(name, **kwargs)
+    target = stock.get_classifier()
+    return next(n for n, m in stock.named_modules() if m is target)
+
+
 def export_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The timm model's weights under timm's own keys; auxiliary nets dropped."""
+    """The trained network under stock timm's keys; auxiliary nets dropped."""
+    head_name, linear = head_linear(model)
     out: Dict[str, torch.Tensor] = OrderedDict()
     other = []
     for k, v in model.state_dict().items():
         if k.startswith(TIMM_PREFIX):
             out[k[len(TIMM_PREFIX):]] = v.detach().clone()
-        elif not k.startswith(DROPPED_PREFIXES):
+        elif not k.startswith(DROPPED_PREFIXES) and not k.startswith(head_name + '.'):
             other.append(k)
     if other:
         raise InputError(f'weights {other[:3]} belong neither to the timm model nor to the auxiliary nets; stock '
                          'timm has nowhere to put them, so the model cannot be exported')
+    classifier = timm_classifier_name(model)
+    for n, p in linear.state_dict().items():
+        out[f'{classifier}.{n}'] = p.detach().clone()
     return out
-
-
-def timm_arguments(model: nn.Module) -> Tuple[str, Dict[str, Any]]:
-    """``(model_name, kwargs)`` of the ``timm.create_model`` call that builds the trained network
-    (what the backbone gave timm, without the local weights file)."""
-    kwargs = {k: v for k, v in model.backbone.timm_kwargs.items() if k != 'num_classes'}
-    return model.backbone.model_name, dict(num_classes=model.backbone.model.num_classes, **kwargs)
 
 
 def timm_command(model_name: str, kwargs: Mapping[str, Any], checkpoint: str) -> str:
@@ -82,17 +111,20 @@ def export(cfg, checkpoint: str, out: str, out_config: Optional[str] = None) -> 
     from mmengine.registry import init_default_scope
     from mmengine.runner import CheckpointLoader, load_state_dict
 
-    from localvision.registry import MODELS
+    from mmpretrain.registry import MODELS
+
+    import localvision.cls  # noqa: F401  (registers LocalImageClassifier)
     from localvision.utils import allow_mmengine_checkpoints
     if cfg.model.get('type') != 'LocalImageClassifier':
         raise InputError(f"model.type={cfg.model.get('type')!r}: only LocalImageClassifier models are exported here")
-    init_default_scope(cfg.get('default_scope', 'localvision'))
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     model = MODELS.build(cfg.model)
     check_stock_timm_model(model.backbone.model_name, 'timm')
     allow_mmengine_checkpoints()
     ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
     state = ckpt.get('state_dict', ckpt)
     check_no_context(model, state)
+    head_linear(model)
     load_state_dict(model, state, strict=True)
     save_stock_checkpoint(export_state_dict(model), ckpt, out)
 

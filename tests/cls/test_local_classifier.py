@@ -5,9 +5,9 @@ import pytest
 import torch
 from mmengine.optim import OptimWrapper
 
-from localvision.models import LocalImageClassifier
+from localvision.cls import LocalImageClassifier
 from localvision.models.objectives import DGL, Greedy, InfoPro
-from localvision.structures import ClsDataSample
+from mmpretrain.structures import DataSample
 from localvision.utils.memory import measure_peak_memory
 
 PRE = dict(type='ImgDataPreprocessor', mean=[125.3, 123.0, 113.9], std=[51.6, 50.8, 51.3], bgr_to_rgb=True)
@@ -18,7 +18,7 @@ def make_model(objective, k=4, executor='PerModuleBackward', context=None, model
                split=None):
     torch.manual_seed(0)
     return LocalImageClassifier(
-        backbone=dict(model_name=model_name), num_classes=4,
+        backbone=dict(model_name=model_name), head=dict(type='LinearClsHead', num_classes=4),
         split=split or dict(input_size=(3, 32, 32), num_modules=k, strategy='equal'),
         local_objective=objective, context=context, executor=dict(type=executor), data_preprocessor=PRE)
 
@@ -26,7 +26,7 @@ def make_model(objective, k=4, executor='PerModuleBackward', context=None, model
 def make_batch(n=8, seed=1):
     g = torch.Generator().manual_seed(seed)
     return dict(inputs=[torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8) for _ in range(n)],
-                data_samples=[ClsDataSample().set_gt_label(i % 4) for i in range(n)])
+                data_samples=[DataSample().set_gt_label(i % 4) for i in range(n)])
 
 
 def test_each_module_can_have_its_own_objective_and_lambdas_follow_the_schedule():
@@ -93,7 +93,7 @@ TINY_VIT = dict(model_name='vit_tiny_patch16_224', img_size=32, patch_size=8, de
 def test_every_objective_and_context_composes_with_every_backbone_family(backbone):
     torch.manual_seed(0)
     model = LocalImageClassifier(
-        backbone=backbone, num_classes=4, split=dict(input_size=(3, 32, 32), num_modules=4, strategy='equal'),
+        backbone=backbone, head=dict(type='LinearClsHead', num_classes=4), split=dict(input_size=(3, 32, 32), num_modules=4, strategy='equal'),
         local_objective=[dict(type='DGL'), dict(type='InfoPro', loss_mode='softmax', lambda_recon=1, lambda_task=1),
                          dict(type='InfoPro', loss_mode='contrast', lambda_recon=0.5, lambda_task=1)],
         context=dict(type='ContSup', variant='R1E'), data_preprocessor=PRE)

@@ -17,7 +17,7 @@ import torch
 
 pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import export_checkpoint  # noqa: E402
 
@@ -33,12 +33,13 @@ TINY_VIT = ['model.backbone.embed_dim=32', 'model.backbone.depth=2', 'model.back
 def build(config, options):
     """The local classifier of ``config`` with ``--cfg-options options``, as the tools read them."""
     from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
 
-    from localvision.registry import MODELS
+    import localvision.cls  # noqa: F401
     from localvision.utils.config import load_config
     argv = [config, 'ckpt', 'out'] + (['--cfg-options', *options] if options else [])
     cfg = load_config(config, export_checkpoint.parse_args(argv).cfg_options)
-    init_default_scope('localvision')
+    init_default_scope('mmpretrain')
     torch.manual_seed(0)
     return MODELS.build(cfg.model)
 
@@ -70,7 +71,8 @@ def test_export_loads_in_stock_timm_with_identical_logits(config, options, tmp_p
     assert record['data_preprocessor']['std'] == [63.75] * 3
     saved = torch.load(out, weights_only=True)
     assert set(saved) == {'state_dict', 'meta'} and saved['meta']['dataset_meta']['classes'] == tuple('abcdefghij')
-    assert set(saved['state_dict']) == set(local.backbone.model.state_dict())
+    classifier = set(saved['state_dict']) - set(local.backbone.model.state_dict())  # the head's linear layer
+    assert set(local.backbone.model.state_dict()) < set(saved['state_dict']) and len(classifier) == 2
 
     torch.save(x, tmp_path / 'x.pt')
     script = textwrap.dedent(f'''
@@ -109,4 +111,12 @@ def test_cifar_resnet_is_refused_with_one_error_line(tmp_path):
     msg = one_error_line([RESNET, ckpt, str(tmp_path / 'x.pth')])
     assert msg.startswith('error: backbone cifar_resnet32 is registered in timm by localvision')
     assert 'stock timm (without localvision) cannot build it' in msg
+    assert not osp.exists(tmp_path / 'x.pth')
+
+
+def test_head_with_a_hidden_layer_is_refused_with_one_error_line(tmp_path):
+    options = STOCK_RESNET + ["model.head.type=StackedLinearClsHead", "model.head.mid_channels=[16]"]
+    ckpt = save_checkpoint(build(RESNET, options), tmp_path / 'stacked.pth')
+    msg = one_error_line([RESNET, ckpt, str(tmp_path / 'x.pth'), '--cfg-options', *options])
+    assert 'stock timm holds one linear classifier on its own pooling' in msg
     assert not osp.exists(tmp_path / 'x.pth')

@@ -1,3 +1,0 @@
-from .local_classifier import LocalImageClassifier
-
-__all__ = ['LocalImageClassifier']
