@@ -118,6 +118,9 @@ class LocalLearningModel(metaclass=ABCMeta):
         k = bb.requested_num_modules()
         with DefaultScope.overwrite_default_scope('localvision'):
             cfgs = [dict(self.objective_defaults(), **c) for c in per_module_configs(local_objective, k - 1)]
+            if bb.grad_checkpointing:  # the objectives' decoders follow the backbone unless told otherwise
+                cfgs = [dict(c, grad_checkpointing=c.get('grad_checkpointing', True)) if
+                        _takes(c.get('type'), 'grad_checkpointing') else c for c in cfgs]
             heads = [m for h in self._heads for m in h.modules]
             bb.resolve_split(exit_loss=self._exit_cost_fn(cfgs), tail_loss=self._tail_cost_fn(),
                              extra_modules=heads)
@@ -325,6 +328,16 @@ class LocalLearningModel(metaclass=ABCMeta):
                                     if 'loss' in name)
             return total
         return tail_loss
+
+
+def _takes(objective_type, key: str) -> bool:
+    """Whether the objective registered as ``objective_type`` takes the argument ``key``."""
+    import inspect
+
+    from localvision.registry import OBJECTIVES
+    cls = OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
+    return cls is not None and any(key in inspect.signature(c.__init__).parameters for c in cls.__mro__
+                                   if '__init__' in vars(c))
 
 
 def _sum_means(out) -> Tensor:

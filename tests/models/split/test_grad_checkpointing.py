@@ -107,7 +107,8 @@ def test_decoder_checkpointing_lowers_the_peak_memory():
     batch = tiny('LocalImageClassifier').batch(16)
     wide = {'local_objective.decoder': dict(type='SegReconDecoder', widths=(64, 64, 64)),
             'backbone.grad_checkpointing': True}
-    plain = peak_of_one_iteration(build('LocalImageClassifier', 2, **wide), batch)
+    plain = peak_of_one_iteration(build('LocalImageClassifier', 2, **wide,
+                                        **{'local_objective.grad_checkpointing': False}), batch)
     ckpt = peak_of_one_iteration(build('LocalImageClassifier', 2, **wide, **{'local_objective.grad_checkpointing': True}),
                                  batch)
     assert ckpt < 0.85 * plain, (ckpt, plain)  # measured: 0.76
@@ -167,3 +168,12 @@ def test_balanced_split_with_checkpointing_uses_the_checkpointed_cost():
         starts, ends = [0] + [c + 1 for c in cs], list(cs) + [st.num_blocks - 1]
         return max(cost(i, j, j == st.num_blocks - 1) for i, j in zip(starts, ends))
     assert worst(cuts) <= worst(plain_cuts)
+
+
+@pytest.mark.parametrize('name', ['LocalImageClassifier', 'LocalEncoderDecoder', 'LocalSingleStageDetector'])
+def test_decoders_follow_the_backbone_flag_unless_the_objective_says_otherwise(name):
+    follows = build(name, 2, **{'backbone.grad_checkpointing': True})
+    assert follows.objectives[0].grad_checkpointing and follows.objectives[0].decoder is not None
+    told = build(name, 2, **{'backbone.grad_checkpointing': True, 'local_objective.grad_checkpointing': False})
+    assert not told.objectives[0].grad_checkpointing
+    assert not build(name, 2).objectives[0].grad_checkpointing
