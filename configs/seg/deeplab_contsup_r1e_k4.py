@@ -3,4 +3,4 @@
 # image pooled to the module's resolution (E); the projections are trained by the next module's
 # loss and stay part of the model at inference (so export to stock mmseg is refused).
 _base_ = ['./deeplab_infopro_k4.py']
-model = dict(context=dict(type='ContSup', variant='R1E'))
+model = dict(context=dict(type='ContSup', variant='R1E', strided_encoder=True))  # full resolution would not fit at 512x1024

@@ -66,8 +66,13 @@ class DenseDetAuxHead(nn.Module):
         self.tower = nn.Sequential(*layers)
         self.cls = nn.Conv2d(c, num_classes, 3, padding=1)
         self.reg = nn.Conv2d(c, 4, 3, padding=1)
+        self.prior_prob = prior_prob
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Small output convs and the focal-loss prior on the class logits."""
         nn.init.normal_(self.cls.weight, std=0.01)
-        nn.init.constant_(self.cls.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.cls.bias, -math.log((1 - self.prior_prob) / self.prior_prob))
         nn.init.normal_(self.reg.weight, std=0.01)
         nn.init.zeros_(self.reg.bias)
 

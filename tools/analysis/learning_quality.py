@@ -51,8 +51,9 @@ INFOPRO_LAMBDAS = {2: (5, 1, 0, 0), 4: (6, 0, 1, 2), 8: (5, 0, 0, 2), 16: (5, 0.
 
 
 def infopro_lambdas(k: int) -> dict:
-    """The published ResNet-32 lambdas for K, else those of the nearest smaller published K."""
-    key = max([kk for kk in INFOPRO_LAMBDAS if kk <= k] or [2])
+    """The published ResNet-32 lambdas for K; for another K, those of the nearest published K >= 4
+    (their (first, last) schedules interpolate over any number of local modules; K=2's has one)."""
+    key = k if k in INFOPRO_LAMBDAS else min((kk for kk in INFOPRO_LAMBDAS if kk >= 4), key=lambda kk: abs(kk - k))
     l1a, l2a, l1b, l2b = INFOPRO_LAMBDAS[key]
     return dict(lambda_recon=(l1a, l1b), lambda_task=(l2a, l2b))
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from localvision.errors import InputError
+from localvision.models.objectives.base import he_fan_out_init
 
 from .builder import CONTEXTS
 
@@ -78,10 +79,10 @@ class CutContext(nn.Module):
     """The projections of one cut: an optional image encoder and one projection per remembered
     module input (``skips[j]`` takes the input of the module j places before the cut)."""
 
-    def __init__(self, encoder: Optional[ImageEncoder], skips: Sequence[InputProjection]) -> None:
+    def __init__(self, encoder: Optional[ImageEncoder], skips: Sequence[Optional[InputProjection]]) -> None:
         super().__init__()
         self.encoder = encoder
-        self.skips = nn.ModuleList(skips)
+        self.skips = nn.ModuleList([nn.Identity() if p is None else p for p in skips])  # Identity: no projection
 
 
 def parse_variant(variant: str, n: Optional[int], field_name: str = 'model.context') -> Tuple[bool, int]:
@@ -112,17 +113,22 @@ class ContSup(nn.Module):
             encoder); filled in by the task model.
         variant: ``'E'``, ``'R1'``, ``'Rn'``, ``'R1E'`` or ``'RnE'``.
         n: remembered module inputs for ``'Rn'`` / ``'RnE'``.
-        width_mult: widens the image encoder's hidden conv (``C * width_mult`` channels).
+        encoder_hidden: channels of the image encoder's first conv (12 in the paper's code);
+            ``None``: the map's channels ``C``.
+        width_mult: widens the image encoder's hidden conv.
         strided_encoder: stride the encoder's two convs by 2 where the target map is at least
-            2x / 4x smaller than the image (the adaptive pool does the rest). ``False`` runs both
-            convs at full image resolution, which costs ``9 * C^2 * H * W`` per cut: on CIFAR
-            ResNet-32 at K=16 several times the backbone's own FLOPs.
+            2x / 4x smaller than the image (the adaptive pool does the rest). ``False`` (the
+            paper's) runs both convs at full image resolution, which on large images costs a
+            ``C``-channel map at the image's size per cut: set it for ImageNet / dense tasks.
+        project_image: with ``'R1E'`` / ``'RnE'``, also give the cut after module 0 an ``R``
+            projection of its input, the image, which the encoder already supplies (the paper's
+            code does not).
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int],
                  reductions: Optional[Sequence[int]] = None, variant: str = 'R1', n: Optional[int] = None,
-                 width_mult: float = 1.0, strided_encoder: bool = True,
-                 field_name: str = 'model.context') -> None:
+                 encoder_hidden: Optional[int] = 12, width_mult: float = 1.0, strided_encoder: bool = False,
+                 project_image: bool = False, field_name: str = 'model.context') -> None:
         super().__init__()
         if len(in_channels) != len(out_channels):
             raise ValueError('in_channels and out_channels must list the same modules')
@@ -137,10 +143,14 @@ class ContSup(nn.Module):
             if self.use_image:
                 r = reductions[k] if strided_encoder else 1
                 strides = (2 if r >= 2 else 1, 2 if r >= 4 else 1)
-                encoder = ImageEncoder(in_channels[0], c, max(int(round(c * width_mult)), 1), strides)
-            skips = [InputProjection(in_channels[k - j], c) for j in range(self.num_inputs) if k - j >= 0]
+                hidden = c if encoder_hidden is None else encoder_hidden
+                encoder = ImageEncoder(in_channels[0], c, max(int(round(hidden * width_mult)), 1), strides)
+            # the input of module k - j; module 0's is the image, which the encoder supplies already
+            skips = [InputProjection(in_channels[k - j], c) if k - j > 0 or project_image or not self.use_image
+                     else None for j in range(self.num_inputs) if k - j >= 0]
             cuts.append(CutContext(encoder, skips))
         self.cuts = nn.ModuleList(cuts)
+        he_fan_out_init(self)
 
     def extra_repr(self) -> str:
         return f'variant={self.variant!r}, remembered_inputs={self.num_inputs}, image={self.use_image}'
@@ -176,6 +186,8 @@ class ContSup(nn.Module):
         if cut.encoder is not None:
             add = cut.encoder(ctx.inputs.detach(), size)
         for j, proj in enumerate(cut.skips):
+            if isinstance(proj, nn.Identity):
+                continue
             src = state.get(k - 1 - j)
             if src is None:
                 raise RuntimeError(f'ContSup: the input of module {k - 1 - j} was not seen; run the modules in '

@@ -1,6 +1,8 @@
 """Auxiliary classifier heads that local objectives put on a module's output map."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -23,20 +25,26 @@ class PoolLinearHead(nn.Module):
 
 @AUX_HEADS.register_module()
 class ConvFCHead(nn.Module):
-    """InfoPro's "1c2f" head: conv3x3 (stride 2 if C < 64) - BN - ReLU - pool - FC - ReLU - FC.
+    """InfoPro's "1c2f" head: conv3x3 - BN - ReLU - pool - FC - ReLU - FC.
+
+    As in the papers' code, the conv widens a thin map and halves its resolution: ``2C``
+    channels with stride 2 when ``C < 64``, ``C`` channels with stride 1 otherwise.
 
     Args:
         in_channels: channels of the module output.
         num_classes: outputs of the last FC.
         hidden: width of the first FC (128 in the papers), times ``width_mult``.
         width_mult: widens the conv and the hidden FC.
+        conv_channels: channels of the conv before ``width_mult`` (default: the papers' rule).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: int = 128, width_mult: float = 1.0) -> None:
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 128, width_mult: float = 1.0,
+                 conv_channels: Optional[int] = None) -> None:
         super().__init__()
-        conv_out = max(int(round(max(in_channels, 32) * width_mult)), 1)
-        stride = 2 if in_channels < 64 else 1
-        self.conv = nn.Conv2d(in_channels, conv_out, 3, stride=stride, padding=1, bias=False)
+        thin = in_channels < 64
+        conv_channels = conv_channels or (2 * in_channels if thin else in_channels)
+        conv_out = max(int(round(conv_channels * width_mult)), 1)
+        self.conv = nn.Conv2d(in_channels, conv_out, 3, stride=2 if thin else 1, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(conv_out)
         self.act = nn.ReLU(inplace=True)
         hidden = max(int(round(hidden * width_mult)), 1)

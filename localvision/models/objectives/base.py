@@ -27,6 +27,24 @@ def pixel_stats(data_preprocessor: Optional[nn.Module]) -> Tuple[Optional[Tensor
     return mean.detach(), std.detach()
 
 
+def he_fan_out_init(module: nn.Module) -> None:
+    """What the InfoPro / ContSup code does for every conv of the network, auxiliary nets
+    included: weights ~ N(0, 2 / (k * k * out_channels)) (He, fan-out), BatchNorm weight 1 and
+    bias 0; linear layers keep PyTorch's default. A sub-net with its own ``init_weights`` (e.g. a
+    detection head's focal-loss prior) runs it afterwards."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if m is not module and callable(getattr(m, 'init_weights', None)):
+            m.init_weights()
+
+
 class LocalObjective(nn.Module):
     """Base of the local objectives: trains module k from the map it hands on.
 
@@ -43,6 +61,11 @@ class LocalObjective(nn.Module):
         self.num_classes = num_classes
         self.module_index = module_index
         self.num_modules = num_modules
+
+    def init_weights(self) -> None:
+        """The papers' initialisation of the auxiliary nets (:func:`he_fan_out_init`); objectives
+        whose nets need another (e.g. a focal-loss prior) override it."""
+        he_fan_out_init(self)
 
     def loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
         raise NotImplementedError(f'{type(self).__name__} must implement loss(feat, ctx)')
@@ -87,7 +110,9 @@ def build_objective(cfg: dict, in_channels: int, num_classes: int, module_index:
     cfg = dict(cfg, in_channels=in_channels, num_classes=num_classes, module_index=module_index,
                num_modules=num_modules)
     cfg.setdefault('in_stride', in_stride)
-    return OBJECTIVES.build(cfg)
+    objective = OBJECTIVES.build(cfg)
+    objective.init_weights()
+    return objective
 
 
 def scheduled_value(value: Union[float, Sequence[float]], module_index: int, num_modules: int,

@@ -56,13 +56,24 @@ def test_variants_build_the_published_projections():
     assert [[s.conv.in_channels for s in c.skips] for c in rn.cuts] == [[3], [16, 3], [32, 16]]
     r1e = build_context(dict(type='ContSup', variant='R1E'), ins, outs)
     assert all(c.encoder is not None and len(c.skips) == 1 for c in r1e.cuts)
-    enc = r1e.cuts[1].encoder
-    assert (enc.conv1.in_channels, enc.conv2.out_channels, enc.conv1.stride) == (3, 32, (1, 1))
+    # as in the paper's code: the first cut's context is the encoded image only (no R projection of the image)
+    assert isinstance(r1e.cuts[0].skips[0], torch.nn.Identity)
+    assert [c.skips[0].conv.in_channels for c in r1e.cuts[1:]] == [16, 32]
+    twice = build_context(dict(type='ContSup', variant='R1E', project_image=True), ins, outs)
+    assert twice.cuts[0].skips[0].conv.in_channels == 3
+    enc = r1e.cuts[1].encoder  # the paper's encoder: 12 hidden channels, full resolution
+    assert (enc.conv1.in_channels, enc.conv1.out_channels, enc.conv2.out_channels) == (3, 12, 32)
+    assert enc.conv1.stride == enc.conv2.stride == (1, 1)
+    wide = build_context(dict(type='ContSup', variant='E', encoder_hidden=None), ins, outs)
+    assert [c.encoder.conv1.out_channels for c in wide.cuts] == [16, 32, 64]
     assert build_context(None, ins, outs) is None
-    strided = build_context(dict(type='ContSup', variant='E'), ins, outs, reductions=[1, 2, 4, 4])
+    strided = build_context(dict(type='ContSup', variant='E', strided_encoder=True), ins, outs, reductions=[1, 2, 4, 4])
     assert [(c.encoder.conv1.stride[0], c.encoder.conv2.stride[0]) for c in strided.cuts] == [(1, 1), (2, 1), (2, 2)]
-    full = build_context(dict(type='ContSup', variant='E', strided_encoder=False), ins, outs, reductions=[1, 2, 4, 4])
+    full = build_context(dict(type='ContSup', variant='E'), ins, outs, reductions=[1, 2, 4, 4])
     assert all(c.encoder.conv1.stride == c.encoder.conv2.stride == (1, 1) for c in full.cuts)
+    # He fan-out initialisation, as the paper's code gives every conv
+    w = full.cuts[2].encoder.conv2.weight
+    assert abs(w.std().item() - (2 / (9 * 64)) ** 0.5) < 0.2 * (2 / (9 * 64)) ** 0.5
     x = torch.randn(2, 3, 32, 32)
     assert strided.cuts[2].encoder(x, (8, 8)).shape == full.cuts[2].encoder(x, (8, 8)).shape == (2, 64, 8, 8)
 
