@@ -6,7 +6,7 @@ from typing import Optional
 
 from mmengine.config import Config
 
-from localvision.errors import MissingDataError
+from localvision.errors import InputError, MissingDataError
 
 from .device import resolve_dist_cfg
 
@@ -17,7 +17,13 @@ def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optiona
     ``./work_dirs/<config name>``) and the distributed backend (``'auto'``: nccl/gloo)."""
     if not osp.isfile(path):
         raise MissingDataError(f'config file {path} does not exist')
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)  # imports the config's custom_imports (localvision.cls / seg / det)
+    except ImportError as e:
+        name = _missing_module(e)
+        if name not in TASK_PACKAGES:
+            raise
+        raise InputError(f'{path} needs {name}, which this environment lacks: {TASK_PACKAGES[name]}') from None
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -30,6 +36,26 @@ def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optiona
         cfg.model_wrapper_cfg = dict(type='LocalDistributedDataParallel')
     use_resumable_epoch_loop(cfg)
     return cfg
+
+
+# what a config's task needs beyond localvision's core, and how to get it
+TASK_PACKAGES = {
+    'mmpretrain': "classification: pip install -e '.[cls]' and mmcv's Python part (pip install mmcv-lite==2.1.0, "
+                  'or the full mmcv of an mmseg/mmdet environment), or run tools/setup_env.sh',
+    'mmcv': 'pip install mmcv-lite==2.1.0 for classification; segmentation and detection need mmcv with its '
+            'compiled ops (tools/setup_env.sh builds it)',
+    'mmseg': "segmentation: pip install -e '.[seg]' (mmcv with compiled ops: tools/setup_env.sh builds it)",
+    'mmdet': "detection: pip install -e '.[det]' (mmcv with compiled ops: tools/setup_env.sh builds it)",
+}
+
+
+def _missing_module(e: BaseException) -> str:
+    """The top-level package whose absence caused ``e`` (mmengine wraps it in 'Failed to import')."""
+    while e is not None:
+        if isinstance(e, ModuleNotFoundError) and e.name:
+            return e.name.split('.')[0]
+        e = e.__cause__ or e.__context__
+    return ''
 
 
 def use_resumable_epoch_loop(cfg: Config) -> None:
