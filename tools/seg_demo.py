@@ -9,7 +9,8 @@ trains the local (K=4, InfoPro) and the end-to-end model with ``tools/train.py``
 iterations (``--jobs 2``: side by side, one core each; ``--jobs 1``: one after the other),
 evaluates both with mmseg's IoUMetric and prints mIoU, peak training memory (of one iteration,
 measured by ``localvision.PeakMemoryHook``) and training time next to each other. The summary is
-saved to ``<work-dir>/summary.json``. Each run is an ordinary ``tools/train.py`` run: its work
+saved to ``<work-dir>/summary.json``, and ``<work-dir>/demo.png`` shows a few validation images
+with their ground truth and both models' predictions, and the memory of both. Each run is an ordinary ``tools/train.py`` run: its work
 dir holds the checkpoint that ``tools/test.py`` evaluates and ``tools/export_checkpoint.py``
 exports.
 """
@@ -112,6 +113,67 @@ class Job:
                     train_seconds=round(self.seconds, 1), cpu_seconds=round(self.cpu_seconds, 1))
 
 
+def last_checkpoint(work_dir: str) -> str:
+    with open(osp.join(ROOT, work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
+
+
+def render_figure(results: Dict[str, dict], runs: List[dict], data_root: str, out: str, num_images: int = 4) -> str:
+    """A PNG: ``num_images`` validation images, their ground truth and each run's prediction (one
+    column per run), and the runs' peak training memory as bars."""
+    import glob
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from mmseg.apis import inference_model, init_model
+    from PIL import Image
+
+    from localvision.datasets.synthetic_seg import SEG_CLASSES, SEG_PALETTE
+    from localvision.utils import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    palette = np.array(SEG_PALETTE, dtype=np.uint8)
+    images = sorted(glob.glob(osp.join(ROOT, data_root, 'img_dir', 'val', '*.png')))[:num_images]
+    tags = list(results)
+    predictions = {}
+    for tag, run in zip(tags, runs):  # each run's own saved config (with the demo's options)
+        config = osp.join(ROOT, run['work_dir'], osp.basename(run['config']))
+        model = init_model(config, last_checkpoint(run['work_dir']), device='cpu')
+        predictions[tag] = [inference_model(model, p).pred_sem_seg.data[0].numpy() for p in images]
+    cols = 2 + len(tags)
+    fig = plt.figure(figsize=(2.2 * cols + 3.2, 2.2 * len(images)))
+    grid = fig.add_gridspec(len(images), cols + 1, width_ratios=[1] * cols + [1.6])
+    for i, path in enumerate(images):
+        gt = np.array(Image.open(path.replace('img_dir', 'ann_dir')))
+        panels = [('image', np.array(Image.open(path).convert('RGB'))), ('ground truth', palette[gt])]
+        panels += [(tag, palette[predictions[tag][i]]) for tag in tags]
+        for j, (title, img) in enumerate(panels):
+            ax = fig.add_subplot(grid[i, j])
+            ax.imshow(img, interpolation='nearest')
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+    ax = fig.add_subplot(grid[:, cols])
+    peaks = [results[t]['peak_bytes'] / 2**20 if results[t]['peak_bytes'] else 0 for t in tags]
+    miou = [results[t]['metrics'].get('mIoU', float('nan')) for t in tags]
+    bars = ax.bar(range(len(tags)), peaks, color=['tab:blue', 'tab:gray'][:len(tags)])
+    for b, p, m in zip(bars, peaks, miou):
+        ax.text(b.get_x() + b.get_width() / 2, p, f'{p:.0f} MiB\n{m:.1f} mIoU', ha='center', va='bottom', fontsize=8)
+    ax.set_xticks(range(len(tags)))
+    ax.set_xticklabels(tags, fontsize=8)
+    ax.set_ylabel('peak training memory (MiB)')
+    ax.set_ylim(0, max(peaks + [1]) * 1.25)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[c] / 255) for c in range(len(SEG_CLASSES))]
+    fig.legend(handles, SEG_CLASSES, loc='lower center', ncol=len(SEG_CLASSES), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    os.makedirs(osp.dirname(out), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, ROOT)
@@ -189,6 +251,9 @@ def main(argv=None) -> int:
     if osp.isfile(osp.join(ROOT, ckpt)):
         with open(osp.join(ROOT, ckpt)) as f:
             ckpt = osp.relpath(f.read().strip(), ROOT)
+    figure = osp.join(args.work_dir, 'demo.png')
+    render_figure(results, [local, e2e], args.data_root, osp.join(ROOT, figure))
+    print(f'predictions and memory: {figure}')
     print(f'total {total / 60:.1f} min; evaluate again with: python tools/test.py {args.local_config} {ckpt}')
     with open(osp.join(ROOT, args.work_dir, 'summary.json'), 'w') as f:
         json.dump(dict(results=results, total_seconds=round(total, 1), jobs=args.jobs, threads=threads), f, indent=1)
