@@ -7,7 +7,8 @@ For every architecture module of ``timm.list_modules()`` it picks the smallest-n
 (``pretrained=False``), builds ``StagedTimm`` at a small input (64 px, else the model's default
 size, at most ``--max-size``), checks that K=2 and K=4 modules run in a row equal
 ``forward_features`` (eval mode), and runs one ``PerModuleBackward`` step of a K=2
-``LocalImageClassifier``. Each model runs in its own process under ``--timeout``; results are
+``localvision.cls.LocalImageClassifier`` (mmpretrain ``LinearClsHead`` on timm's pre-logits). Each
+model runs in its own process under ``--timeout``; results are
 appended to ``OUT/backbone_support.jsonl`` as they come, so an interrupted sweep resumes. Writes
 ``backbone_support.md`` / ``.json`` (architecture, example model, supported, blocks, note) and
 prints the coverage.
@@ -60,9 +61,10 @@ def check_one(name: str, max_size: int) -> dict:
     import torch
     from mmengine.optim import OptimWrapper
 
-    from localvision.models import LocalImageClassifier
+    from mmpretrain.structures import DataSample
+
+    from localvision.cls import LocalImageClassifier
     from localvision.models.split import StagedTimm
-    from localvision.structures import ClsDataSample
     torch.set_num_threads(1)
     res = dict(model=name, supported=False, blocks=0, k2=False, k4=False, train=False, note='')
     default = timm.models.get_pretrained_cfg(name).input_size if timm.models.get_pretrained_cfg(name) else None
@@ -99,11 +101,13 @@ def check_one(name: str, max_size: int) -> dict:
     try:
         torch.manual_seed(0)
         model = LocalImageClassifier(
-            backbone=dict(model_name=name), num_classes=4, split=dict(num_modules=2, strategy='equal', input_size=size),
+            backbone=dict(type='StagedTimm', model_name=name), neck=None,
+            head=dict(type='LinearClsHead', num_classes=4, in_channels=0, loss=dict(type='CrossEntropyLoss')),
+            split=dict(num_modules=2, strategy='equal', input_size=size),
             local_objective=dict(type='Greedy', head=dict(type='PoolLinearHead')),
-            data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3))
+            data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3))
         batch = dict(inputs=[torch.randint(0, 256, size, dtype=torch.uint8) for _ in range(2)],
-                     data_samples=[ClsDataSample().set_gt_label(i) for i in range(2)])
+                     data_samples=[DataSample().set_gt_label(i) for i in range(2)])
         losses = model.train_step(batch, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01)))
         res['train'] = all(bool(torch.isfinite(v).all()) for v in losses.values())
     except Exception as e:  # noqa: BLE001

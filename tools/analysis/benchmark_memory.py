@@ -4,7 +4,8 @@
         [--input-size 3 32 32] [--data synthetic|loader] [--iters 5] [--joint] [--checkpoint-ks [K ...]]
         [--amp [--amp-dtype bfloat16|float16]] [--out-dir DIR] [--cfg-options k=v ...]
 
-Classification, segmentation (mmseg ``LocalEncoderDecoder``) and detection (mmdet
+Classification (mmpretrain configs of ``localvision.cls.LocalImageClassifier``, default scope
+``mmpretrain``), segmentation (mmseg ``LocalEncoderDecoder``) and detection (mmdet
 ``LocalSingleStageDetector`` / ``LocalTwoStageDetector``) configs. The batch is synthetic
 (random uint8 images and labels of ``--input-size``) or, with ``--data loader``, the first batch
 of the config's train dataloader (real images and labels, after its pipeline).
@@ -90,11 +91,12 @@ def _random_images(batch_size: int, input_size, g: torch.Generator) -> list:
 
 
 def synthetic_cls_batch(batch_size: int, input_size, num_classes: int, seed: int = 0) -> dict:
-    """A classification batch as the data pipeline makes it (uint8 images, labelled samples)."""
-    from localvision.structures import ClsDataSample
+    """A classification batch as mmpretrain's pipeline makes it (uint8 images, labelled
+    ``mmpretrain.structures.DataSample``s)."""
+    from mmpretrain.structures import DataSample
     g = torch.Generator().manual_seed(seed)
     inputs = _random_images(batch_size, input_size, g)
-    samples = [ClsDataSample().set_gt_label(i % num_classes) for i in range(batch_size)]
+    samples = [DataSample().set_gt_label(i % num_classes) for i in range(batch_size)]
     return dict(inputs=inputs, data_samples=samples)
 
 
@@ -151,6 +153,15 @@ def det_num_classes(cfg: Config):
 
 def is_seg_config(cfg: Config) -> bool:
     return 'decode_head' in cfg.model
+
+
+def cls_num_classes(cfg: Config) -> int:
+    """Number of classes of a classifier config (``model.head.num_classes``)."""
+    head = cfg.model.get('head') or {}
+    num_classes = head.get('num_classes') or cfg.model.get('num_classes')
+    if not num_classes:
+        raise SystemExit('error: the config has no model.head.num_classes')
+    return num_classes
 
 
 def loader_batch(cfg: Config, batch_size: int) -> dict:
@@ -261,10 +272,11 @@ def run(argv=None) -> List[dict]:
         elif is_seg_config(cfg):
             batch = synthetic_seg_batch(batch_size, input_size, cfg.model.decode_head.num_classes)
         else:
-            batch = synthetic_cls_batch(batch_size, input_size, cfg.model.num_classes)
+            batch = synthetic_cls_batch(batch_size, input_size, cls_num_classes(cfg))
 
     if args.amp:
-        cfg.optim_wrapper.type = 'MixedPrecisionOptimWrapper'
+        # scoped: found from any default scope (mmpretrain, mmseg, mmdet, localvision)
+        cfg.optim_wrapper.type = 'localvision.MixedPrecisionOptimWrapper'
         if args.amp_dtype:
             cfg.optim_wrapper.dtype = args.amp_dtype
     variants = variant_cfgs(cfg, args)
@@ -319,7 +331,9 @@ def run(argv=None) -> List[dict]:
             r['time_ratio'] = r['sec_per_iter'] / statistics.median(base['times'])
             r['cpu_time_ratio'] = r['cpu_sec_per_iter'] / statistics.median(base['cpu_times'])
 
-    meta = dict(config=args.config, device=str(device), batch_size=batch_size, input_size=list(input_size), data=args.data,
+    backbone = (cfg.model.get('backbone') or {}).get('model_name')
+    meta = dict(config=args.config, backbone=backbone, device=str(device), batch_size=batch_size,
+                input_size=list(input_size), data=args.data,
                 iters=args.iters, amp=args.amp, torch=torch.__version__, threads=torch.get_num_threads(),
                 memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
                 else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')
@@ -370,7 +384,8 @@ def plot(results: List[dict], meta: dict, path: str) -> None:
                         ha='center', va='bottom', fontsize=8)
         ax.set_ylabel(label)
         ax.tick_params(axis='x', rotation=30)
-    fig.suptitle(f"{osp.basename(meta['config'])} on {meta['device']}, batch {meta['batch_size']}, "
+    model = f" ({meta['backbone']})" if meta.get('backbone') else ''
+    fig.suptitle(f"{osp.basename(meta['config'])}{model} on {meta['device']}, batch {meta['batch_size']}, "
                  f"input {'x'.join(map(str, meta['input_size']))}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,16 +1,18 @@
 """The torch-side parts of the GPU check, one per process (``gpu_check.py`` runs them).
 
-    python tools/analysis/gpu_check_parts.py device|cls_without_mmcv|amp --result FILE
-        [--device cuda|cpu] [--tiny] [--task cls|seg|det]
+    python tools/analysis/gpu_check_parts.py device|cls_stack|amp --result FILE
+        [--device cuda|cpu] [--tiny] [--task cls|seg|det] [--site DIR]
 
 Each writes ``{status, figures, notes}`` to FILE. A check that does not hold raises: the process
 exits non-zero and its traceback is in the check's log.
 
 - ``device``: versions, the GPU, which optional packages import.
-- ``cls_without_mmcv``: a ResNet-20 ``LocalImageClassifier`` (K=2) built from the CIFAR config
-  without its ``custom_imports`` (``localvision.utils.setup_env`` imports ``localvision.datasets``
-  and so mmcv) trains one step; neither mmseg, mmdet nor mmpretrain is imported, and mmcv only
-  where it is installed.
+- ``cls_stack``: the classification stack imports (mmengine, mmcv, mmpretrain, then
+  ``localvision.cls``; with ``--site``, where each came from: the carried wheels extracted there
+  or the device's own install), mmcv with or without its compiled ops, cv2 real or the stub; a
+  ResNet-20 ``LocalImageClassifier`` (K=2, InfoPro) built through mmpretrain's ``MODELS`` trains one
+  step on a batch of mmpretrain ``DataSample``s; mmseg is not imported (mmdet only by mmpretrain's
+  own optional import, where it is installed).
 - ``amp``: fp32, fp16 (``AmpOptimWrapper``, dynamic loss scaling) and bf16 training steps through
   ``PerModuleBackward`` (cls: ResNet-110 K=4, batch 128; seg / det: the demo configs): losses
   finite, every unit's parameters changed, unit 0 runs in the autocast dtype; peak memory
@@ -38,11 +40,11 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import torch  # noqa: E402
 
-OPENMMLAB = ('mmcv', 'mmseg', 'mmdet', 'mmpretrain')
+from gpu_check import CLS_MODELS, CLS_STACK, OPENMMLAB, cls_config  # noqa: E402  (standard library only)
+
 MODULES = ('mmengine', 'timm', 'torchvision', 'numpy', 'matplotlib', 'pytest', 'cv2') + OPENMMLAB
 DISTRIBUTIONS = ('torch', 'torchvision', 'timm', 'numpy', 'mmengine', 'matplotlib', 'pytest', 'mmcv',
                  'mmsegmentation', 'mmdet', 'mmpretrain', 'opencv-python', 'opencv-python-headless')
-CLS_CONFIG = 'configs/cls/cifar_resnet110_e2e.py'
 TASK_CONFIGS = {'seg': 'configs/seg/deeplab_infopro_k4_demo.py', 'det': 'configs/det/retinanet_r18_infopro_k2_demo.py'}
 
 
@@ -83,33 +85,25 @@ def part_device(args) -> dict:
 
 # -- building and training ------------------------------------------------------------------------
 
-def build_cls(model_name: str, num_modules: int, num_classes: int):
-    """A ``LocalImageClassifier`` from the CIFAR ResNet config, without the config's
-    ``custom_imports`` (they pull in mmcv); returns the model and the config."""
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-
-    import localvision.engine  # noqa: F401  (executors, hooks)
-    import localvision.models  # noqa: F401  (models, objectives, the CIFAR ResNets in timm)
-    cfg = Config.fromfile(osp.join(ROOT, CLS_CONFIG), import_custom_modules=False)
-    init_default_scope(cfg.get('default_scope', 'localvision'))
-    cfg.model.backbone.model_name = model_name
-    cfg.model.num_classes = num_classes
-    cfg.model.split.update(num_modules=num_modules, strategy='balanced', cuts=None)
-    cfg.model.executor = dict(type='PerModuleBackward')
+def build_cls(model: str, num_modules: int, tiny: bool, **overrides):
+    """A ``LocalImageClassifier`` of ``gpu_check.CLS_MODELS[model]`` built through mmpretrain's
+    ``MODELS`` (what ``custom_imports=['localvision.cls']`` registers); returns it and its config."""
+    import localvision.cls  # noqa: F401  (registers LocalImageClassifier in mmpretrain's MODELS)
+    import localvision.engine  # noqa: F401  (executors)
+    from mmpretrain.registry import MODELS
+    cfg = cls_config(**dict(CLS_MODELS[model][1 if tiny else 0], num_modules=num_modules, **overrides))
     torch.manual_seed(0)
-    return MODELS.build(cfg.model), cfg
+    return MODELS.build(cfg['model']), cfg
 
 
 def build_task(task: str, tiny: bool) -> Tuple[torch.nn.Module, dict, dict, List[str]]:
     """Model, synthetic batch, optimizer config and notes of ``task``'s check."""
     from benchmark_memory import synthetic_cls_batch, synthetic_det_batch, synthetic_seg_batch
     if task == 'cls':
-        model, _ = build_cls('cifar_resnet20' if tiny else 'cifar_resnet110', 4, 10)
+        model, cfg = build_cls('resnet110', 4, tiny)
         batch = synthetic_cls_batch(8 if tiny else 128, (3, 32, 32), 10)
-        optimizer = dict(type='SGD', lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        return model, batch, optimizer, [f'{CLS_CONFIG} at K=4 (balanced), SGD lr 0.1 (the config\'s 0.8 is for '
-                                         'batch 1024)']
+        return model, batch, cfg['optim_wrapper']['optimizer'], [
+            f"{cfg['model']['backbone']['model_name']} at K=4 (balanced, Greedy ConvFCHead), SGD lr 0.1"]
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
     cfg = Config.fromfile(osp.join(ROOT, TASK_CONFIGS[task]))  # its custom_imports: localvision.seg / .det
@@ -170,22 +164,55 @@ def unit0_dtype(model, optim_wrapper, batch: dict) -> str:
     return str(out.dtype).replace('torch.', '')
 
 
-def part_cls_without_mmcv(args) -> dict:
-    from mmengine.optim import OptimWrapper
+def module_origin(name: str, site: str) -> dict:
+    """Version and file of an imported module, and whether it came from the carried wheels."""
+    mod = sys.modules[name]
+    path = osp.abspath(getattr(mod, '__file__', None) or '')
+    carried = bool(site) and path.startswith(osp.abspath(site) + os.sep)
+    origin = 'carried wheel' if carried else 'repository' if name.split('.')[0] == 'localvision' else 'device'
+    return dict(version=getattr(mod, '__version__', None), file=path, origin=origin)
 
+
+def part_cls_stack(args) -> dict:
+    import importlib
+    figures: dict = dict(imports={})
+    for name in CLS_STACK:
+        importlib.import_module(name)
+        figures['imports'][name] = module_origin(name, args.site)
+    import cv2
+    import mmcv
+    import mmpretrain.structures  # noqa: F401
+    from mmengine.optim import OptimWrapper
+    from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
+
+    import localvision.cls
     from benchmark_memory import synthetic_cls_batch
-    from localvision.registry import TRANSFORMS
+    figures['imports']['localvision.cls'] = module_origin('localvision.cls', args.site)
+    assert MMPRETRAIN_MODELS.get('LocalImageClassifier') is localvision.cls.LocalImageClassifier, \
+        "LocalImageClassifier is not registered in mmpretrain's MODELS"
+    figures.update(mmcv_ops=importable('mmcv._ext'), cv2='stub' if getattr(cv2, '__lv_stub__', False) else
+                   getattr(cv2, '__version__', '?'), mmcv_file=osp.dirname(mmcv.__file__))
     device = torch.device(args.device)
-    model, _ = build_cls('cifar_resnet20', 2, 4)
+    model, cfg = build_cls('resnet110', 2, True, objective=dict(type='InfoPro', lambda_recon=(5, 1),
+                                                                 lambda_task=(1, 1)))
     model.to(device)
     ow = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    figures = train_and_check(model, ow, synthetic_cls_batch(8, (3, 32, 32), 4), device, steps=1)
+    figures.update(train_and_check(model, ow, synthetic_cls_batch(8, (3, 32, 32), 10), device, steps=1))
     loaded = sorted({m.split('.')[0] for m in sys.modules} & set(OPENMMLAB))
-    assert not set(loaded) - {'mmcv'}, f'the classification path imported {loaded}'
-    assert 'mmcv' not in loaded or importable('mmcv')
-    figures.update(device=str(device), split=model.backbone.describe(), openmmlab_imported=loaded,
-                   mmcv_importable=importable('mmcv'), transforms_parent_scope=TRANSFORMS.parent.scope)
-    return dict(figures=figures)
+    # mmpretrain itself tries ``from mmdet.models.backbones import ResNet`` (res_layer_extra_norm.py)
+    unexpected = set(loaded) - {'mmcv', 'mmpretrain'} - ({'mmdet'} if importable('mmdet') else set())
+    assert not unexpected, f'the classification path imported {loaded}'
+    figures.update(device=str(device), model=type(model).__name__, registry=type(model).__module__,
+                   data_sample=type(synthetic_cls_batch(1, (3, 8, 8), 2)['data_samples'][0]).__module__,
+                   split=model.backbone.describe(), objectives=[type(o).__name__ for o in model.objectives],
+                   openmmlab_imported=loaded)
+    notes = []
+    if args.site:
+        carried = [n for n, v in figures['imports'].items() if v['origin'] == 'carried wheel']
+        notes.append(f"from the carried wheels: {', '.join(carried) or 'none (all on the device)'}")
+    if not figures['mmcv_ops']:
+        notes.append('mmcv without its compiled ops (mmcv-lite): nothing on the classification path uses mmcv.ops')
+    return dict(figures=figures, notes=notes)
 
 
 def part_amp(args) -> dict:
@@ -225,7 +252,7 @@ def part_amp(args) -> dict:
     return dict(figures=figures, notes=notes)
 
 
-PARTS = {'device': part_device, 'cls_without_mmcv': part_cls_without_mmcv, 'amp': part_amp}
+PARTS = {'device': part_device, 'cls_stack': part_cls_stack, 'amp': part_amp}
 
 
 def main(argv=None) -> None:
@@ -235,6 +262,7 @@ def main(argv=None) -> None:
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--tiny', action='store_true', help='small models and batches (the CPU dry run)')
     p.add_argument('--task', default='cls', choices=['cls', 'seg', 'det'])
+    p.add_argument('--site', default='', help='cls_stack: the folder the carried wheels were extracted into')
     args = p.parse_args(argv)
     result = PARTS[args.part](args)
     result.setdefault('status', 'ok')

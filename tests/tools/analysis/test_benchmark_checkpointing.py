@@ -10,13 +10,15 @@ pytestmark = pytest.mark.slow  # trains: left out of `pytest -m "not slow"`
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 import benchmark_memory  # noqa: E402
+import gpu_check  # noqa: E402
 
 
 def test_checkpointing_variants_side_by_side_under_bf16(tmp_path, capsys):
-    config = osp.join(ROOT, 'configs/cls/cifar_resnet32_infopro_softmax_k4.py')
+    config = gpu_check.write_config(str(tmp_path / 'cfg.py'), gpu_check.cls_config(**dict(
+        gpu_check.CLS_MODELS['resnet110'][1], num_modules=4,
+        objective=dict(type='InfoPro', loss_mode='softmax', lambda_recon=(5, 1), lambda_task=(1, 1)))))
     results = benchmark_memory.run([config, '--ks', '1', '4', '--checkpoint-ks', '--amp', '--batch-size', '16',
-                                    '--iters', '1', '--device', 'cpu', '--out-dir', str(tmp_path),
-                                    '--cfg-options', 'model.backbone.model_name=cifar_resnet20'])
+                                    '--iters', '1', '--device', 'cpu', '--out-dir', str(tmp_path)])
     assert 'precision=bfloat16' in capsys.readouterr().out
     by = {r['name']: r for r in results}
     assert list(by) == ['E2E', 'E2E + ckpt', 'K=4', 'K=4 + ckpt']

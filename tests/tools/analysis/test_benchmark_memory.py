@@ -1,4 +1,5 @@
-"""The benchmark tool on a tiny model: files written, and per-module backward really saves memory."""
+"""The benchmark tool on a tiny model (mmpretrain configs of localvision.cls.LocalImageClassifier):
+files written, and per-module backward really saves memory."""
 import json
 import os.path as osp
 import sys
@@ -10,14 +11,19 @@ pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 import benchmark_memory  # noqa: E402
+import gpu_check  # noqa: E402
 
-CONFIG = osp.join(ROOT, 'configs/cls/cifar_resnet32_e2e.py')
+CIFAR = gpu_check.CLS_MODELS['resnet110'][1]  # cifar_resnet20, Greedy ConvFCHead, SGD
+
+
+def config(tmp_path, name='cfg', **overrides) -> str:
+    """An mmpretrain config of a LocalImageClassifier (localvision.cls) on CIFAR-size inputs."""
+    return gpu_check.write_config(str(tmp_path / f'{name}.py'), gpu_check.cls_config(**dict(CIFAR, **overrides)))
 
 
 def test_benchmark_writes_table_json_png_and_local_training_uses_less_memory(tmp_path, capsys):
-    results = benchmark_memory.run([CONFIG, '--ks', '1', '2', '4', '--joint', '--batch-size', '16', '--iters', '1',
-                                    '--out-dir', str(tmp_path), '--cfg-options',
-                                    'model.backbone.model_name=cifar_resnet20'])
+    results = benchmark_memory.run([config(tmp_path), '--ks', '1', '2', '4', '--joint', '--batch-size', '16',
+                                    '--iters', '1', '--out-dir', str(tmp_path)])
     out = capsys.readouterr().out
     assert 'peak memory' in out and 'K=4 joint-backward' in out
     data = json.loads((tmp_path / 'benchmark.json').read_text())
@@ -33,11 +39,13 @@ def test_benchmark_writes_table_json_png_and_local_training_uses_less_memory(tmp
 
 def test_objective_variants_from_sibling_configs(tmp_path, capsys):
     """Each objective's overhead: variants given as the sibling configs of the method table."""
-    opts = ['--cfg-options', 'model.backbone.model_name=cifar_resnet20']
-    greedy = osp.join(ROOT, 'configs/cls/cifar_resnet32_greedy_k4.py')
+    opts = ['--cfg-options', 'model.head.num_classes=10']
+    greedy = config(tmp_path, 'greedy', num_modules=4, strategy='equal')  # same cuts whatever the objective
+    infopro = config(tmp_path, 'infopro', num_modules=4, strategy='equal',
+                     objective=dict(type='InfoPro', loss_mode='softmax', lambda_recon=(5, 1), lambda_task=(1, 1)))
     results = benchmark_memory.run(
         [greedy, '--ks', '4', '--batch-size', '8', '--iters', '1', '--out-dir', str(tmp_path),
-         '--variant', 'infopro:' + osp.join(ROOT, 'configs/cls/cifar_resnet32_infopro_softmax_k4.py'),
+         '--variant', 'infopro:' + infopro,
          '--variant', 'dgl:model.local_objective.type=DGL,model.local_objective.head=None'] + opts)
     by = {r['name']: r for r in results}
     assert set(by) == {'K=4', 'infopro', 'dgl'}

@@ -1,5 +1,6 @@
-"""The GPU check's plumbing on the CPU: classification without OpenMMLab's task packages, the
-offline wheel install, skips, timeouts and the JSON (tools/analysis/gpu_check.py)."""
+"""The GPU check's plumbing on the CPU: the classification stack (mmpretrain, mmcv) without mmseg
+and mmdet, the cv2 stub, the carried wheels, the offline wheel install, skips, timeouts and the
+JSON (tools/analysis/gpu_check.py)."""
 import json
 import os
 import os.path as osp
@@ -23,15 +24,69 @@ def blocked_env(tmp_path, names) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([block, ROOT]), OMP_NUM_THREADS='1')
 
 
-def test_classification_trains_without_mmcv_mmseg_mmdet_mmpretrain(tmp_path):
-    """A K=2 LocalImageClassifier builds and trains a step where none of them can be imported."""
+def test_cls_stack_trains_through_mmpretrain_without_mmseg_and_mmdet(tmp_path):
+    """The classification stack part: a K=2 LocalImageClassifier built through mmpretrain's MODELS
+    trains a step on mmpretrain DataSamples where neither mmseg nor mmdet can be imported."""
     result = tmp_path / 'r.json'
-    out = subprocess.run([sys.executable, PARTS, 'cls_without_mmcv', '--result', str(result), '--device', 'cpu'],
-                         env=blocked_env(tmp_path, gpu_check.OPENMMLAB), capture_output=True, text=True, timeout=300)
+    site = tmp_path / 'site'
+    out = subprocess.run([sys.executable, PARTS, 'cls_stack', '--result', str(result), '--device', 'cpu',
+                          '--site', str(site)], env=blocked_env(tmp_path, ['mmseg', 'mmdet']), capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(result.read_text())['figures']
-    assert figures['openmmlab_imported'] == [] and figures['mmcv_importable'] is False
-    assert figures['units_changed'] == '2/2' and figures['transforms_parent_scope'] == 'mmengine'
+    assert figures['openmmlab_imported'] == ['mmcv', 'mmpretrain']
+    assert figures['units_changed'] == '2/2' and figures['objectives'] == ['InfoPro']
+    assert figures['data_sample'] == 'mmpretrain.structures.data_sample'
+    assert figures['registry'] == 'localvision.cls.local_image_classifier'
+    assert figures['imports']['mmpretrain']['origin'] == 'device'  # nothing extracted into `site` here
+    assert figures['imports']['localvision.cls']['origin'] == 'repository'
+
+
+def test_the_cv2_stub_lets_mmcv_and_mmpretrain_import_and_raises_on_use(tmp_path):
+    stubs = tmp_path / 'stubs' / 'cv2'
+    stubs.mkdir(parents=True)
+    (stubs / '__init__.py').write_text(gpu_check.CV2_STUB)
+    code = ('import cv2, mmcv, mmpretrain.models, localvision.cls\n'
+            'from cv2 import IMREAD_COLOR, INTER_LINEAR\n'
+            'assert cv2.__lv_stub__ and IMREAD_COLOR != INTER_LINEAR and cv2.INTER_LINEAR == INTER_LINEAR\n'
+            'cv2.setNumThreads(0); cv2.ocl.setUseOpenCL(False)\n'
+            'try:\n    cv2.imread("x.png")\nexcept RuntimeError as e:\n    print("raised:", e)\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / 'stubs'), ROOT]))
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'raised: cv2.imread: opencv is not installed (gpu_check stub)' in out.stdout
+
+
+def test_cls_configs_are_mmpretrain_configs_of_the_local_classifier(tmp_path):
+    from mmengine.config import Config
+    path = gpu_check.write_config(str(tmp_path / 'c.py'), gpu_check.cls_config(
+        **gpu_check.CLS_MODELS['resnet101'][0], num_modules=4))
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == 'mmpretrain' and 'localvision.cls' in cfg.custom_imports['imports']
+    assert cfg.model.type == 'LocalImageClassifier' and cfg.model.backbone.model_name == 'resnet101'
+    assert cfg.model.split == dict(num_modules=4, strategy='balanced', input_size=(3, 224, 224))
+    assert cfg.model.local_objective == dict(type='InfoPro', lambda_recon=(5, 1), lambda_task=(1, 1))
+    assert gpu_check.CLS_MODELS['deit_s'][0]['model_name'] == 'deit_small_patch16_224'
+
+
+def test_the_carried_wheels_hold_the_classification_stack_and_a_pure_mmcv():
+    """Checks work_dirs/gpu_wheels as --fetch-wheels left it (git-ignored: skipped where absent)."""
+    manifest_path = osp.join(gpu_check.WHEELS_DIR, 'manifest.json')
+    if not osp.exists(manifest_path):
+        pytest.skip('no work_dirs/gpu_wheels here (python tools/analysis/gpu_check.py --fetch-wheels)')
+    manifest = json.load(open(manifest_path))
+    assert set(manifest['python_versions']) >= set(gpu_check.PYTHON_VERSIONS)
+    for version, names in manifest['python_versions'].items():
+        projects = {gpu_check.wheel_tags(n)[0] for n in names}
+        assert {'mmengine', 'mmpretrain', 'mmcv_lite', 'einops', 'mat4py', 'model_index', 'matplotlib',
+                'pytest'} <= projects, version
+        for n in names:
+            assert osp.exists(osp.join(gpu_check.WHEELS_DIR, n)), n
+    mmcv = [n for n in manifest['python_versions']['3.11'] if n.startswith('mmcv_lite-2.1.0-')]
+    assert len(mmcv) == 1 and mmcv[0].endswith('-none-any.whl')
+    assert gpu_check.compiled_members(osp.join(gpu_check.WHEELS_DIR, mmcv[0])) == []
+    assert 'mmcv' in gpu_check.wheel_top_levels(osp.join(gpu_check.WHEELS_DIR, mmcv[0]))
+    assert manifest['total_bytes'] < gpu_check.WHEELS_BUDGET_BYTES
 
 
 def test_an_installed_but_broken_mmcv_still_fails_loudly(tmp_path):
@@ -100,29 +155,30 @@ def run_check(tmp_path, *args):
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU dry run')
-def test_cpu_dry_run_with_openmmlab_blocked_writes_one_json(tmp_path):
-    report, out = run_check(tmp_path, '--block', *gpu_check.OPENMMLAB, '--parts', 'install_wheels', 'device',
-                            'cls_without_mmcv', 'pytest_gpu', 'amp_seg', 'amp_det', 'pipeline_cuda')
+def test_cpu_dry_run_with_mmseg_and_mmdet_blocked_writes_one_json(tmp_path):
+    report, out = run_check(tmp_path, '--block', 'mmseg', 'mmdet', '--parts', 'install_wheels', 'device',
+                            'cls_stack', 'pytest_gpu', 'amp_seg', 'amp_det', 'pipeline_cuda')
     parts = report['parts']
     assert report['finished'] and report['mode'].startswith('cpu dry run')
-    assert list(parts) == ['install_wheels', 'device', 'cls_without_mmcv', 'pytest_gpu', 'amp_seg', 'amp_det',
+    assert list(parts) == ['install_wheels', 'device', 'cls_stack', 'amp_seg', 'amp_det', 'pytest_gpu',
                            'pipeline_cuda']
     assert parts['install_wheels']['figures']['installed'] == ['lvgpucheckfake-1.0-py3-none-any.whl']
     assert (tmp_path / 'env' / 'site' / 'lvgpucheckfake' / '__init__.py').exists()
-    assert parts['device']['figures']['importable']['mmcv'] is False
-    assert parts['cls_without_mmcv']['status'] == 'ok'
-    assert parts['cls_without_mmcv']['figures']['openmmlab_imported'] == []
+    assert parts['device']['figures']['importable']['mmseg'] is False
+    assert parts['cls_stack']['status'] == 'ok', parts['cls_stack']
+    assert parts['cls_stack']['figures']['openmmlab_imported'] == ['mmcv', 'mmpretrain']
     assert parts['pytest_gpu']['status'] == 'ok' and parts['pytest_gpu']['figures']['counts']['skipped'] >= 3
-    assert parts['amp_seg'] == dict(status='skipped', seconds=0.0, figures={}, notes=[], reason='mmcv and mmseg absent')
-    assert parts['amp_det']['reason'] == 'mmcv and mmdet absent'
-    assert parts['pipeline_cuda']['status'] == 'skipped' and parts['pipeline_cuda']['reason'].startswith('mmcv absent')
-    assert report['summary'] == dict(ok=4, failed=0, skipped=3)
+    assert parts['amp_seg'] == dict(status='skipped', seconds=0.0, figures={}, notes=[], reason='mmseg absent')
+    assert parts['amp_det']['reason'] == 'mmdet absent'
+    assert parts['pipeline_cuda']['status'] == 'ok'  # runs, its tests skip without CUDA
+    assert parts['pipeline_cuda']['figures']['counts']['passed'] == 0
+    assert report['summary'] == dict(ok=5, failed=0, skipped=2)
     assert 'install_wheels: ok' in (out / 'gpu_check.log').read_text()
 
 
 def test_a_part_that_times_out_fails_and_the_parts_after_it_skip(tmp_path):
-    report, _ = run_check(tmp_path, '--parts', 'device', 'cls_without_mmcv', '--timeout-scale', '0.01')
-    device, cls = report['parts']['device'], report['parts']['cls_without_mmcv']
+    report, _ = run_check(tmp_path, '--parts', 'device', 'cls_stack', '--timeout-scale', '0.01')
+    device, cls = report['parts']['device'], report['parts']['cls_stack']
     assert device['status'] == 'failed' and device['error'].startswith('timed out after')
     assert cls == dict(status='skipped', seconds=0.0, figures={}, notes=[],
                        reason='the device part did not run or failed')
