@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from gpu_check import CLS_MODELS, CLS_STACK, OPENMMLAB, cls_config  # noqa: E402  (standard library only)
 
 MODULES = ('mmengine', 'timm', 'torchvision', 'numpy', 'matplotlib', 'pytest', 'cv2') + OPENMMLAB
-DISTRIBUTIONS = ('torch', 'torchvision', 'timm', 'numpy', 'mmengine', 'matplotlib', 'pytest', 'mmcv',
+DISTRIBUTIONS = ('torch', 'torchvision', 'timm', 'numpy', 'mmengine', 'matplotlib', 'pytest', 'mmcv', 'mmcv-lite',
                  'mmsegmentation', 'mmdet', 'mmpretrain', 'opencv-python', 'opencv-python-headless')
 TASK_CONFIGS = {'seg': 'configs/seg/deeplab_infopro_k4_demo.py', 'det': 'configs/det/retinanet_r18_infopro_k2_demo.py'}
 
