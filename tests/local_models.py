@@ -69,19 +69,38 @@ def seg_batch(n: int = 4, seed: int = 0) -> dict:
     return dict(inputs=_images(n, seed), data_samples=samples)
 
 
-def det_batch(n: int = 4, seed: int = 0) -> dict:
+def det_batch(n: int = 4, seed: int = 0, masks: bool = False) -> dict:
+    """Three boxes per image; with ``masks`` each box's instance mask too (an ellipse in the box)."""
     from mmdet.structures import DetDataSample
     samples = []
     for i in range(n):
         gi = InstanceData()
         gi.bboxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0], [10.0, 40.0, 26.0, 60.0]])
         gi.labels = torch.tensor([0, 1, 2])
+        if masks:
+            gi.masks = box_masks(gi.bboxes, SIZE)
         ds = DetDataSample()
         ds.gt_instances = gi
         ds.set_metainfo(dict(img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE), pad_shape=(SIZE, SIZE),
                              scale_factor=(1.0, 1.0), img_id=i))
         samples.append(ds)
     return dict(inputs=_images(n, seed), data_samples=samples)
+
+
+def box_masks(boxes: torch.Tensor, size: int):
+    """mmdet ``BitmapMasks``: the ellipse inscribed in each box."""
+    import numpy as np
+    from mmdet.structures.mask import BitmapMasks
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    out = np.zeros((len(boxes), size, size), np.uint8)
+    for j, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+        out[j] = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    return BitmapMasks(out, size, size)
+
+
+def inst_batch(n: int = 4, seed: int = 0) -> dict:
+    return det_batch(n, seed, masks=True)
 
 
 # -- tiny configs ------------------------------------------------------------------------------------
@@ -142,11 +161,15 @@ def retinanet_cfg(k: int) -> dict:
     return cfg
 
 
-def faster_rcnn_cfg(k: int) -> dict:
+def two_stage_cfg(k: int, mask: bool = True) -> dict:
+    """The two-stage detector: Mask R-CNN from ``configs/det/mask_rcnn_r50_infopro_k4.py`` (its
+    local objective with the mask term), or Faster R-CNN (``mask=False``); both are
+    ``LocalTwoStageDetector``, the tiny instance of the registry-derived tests is the Mask R-CNN."""
     from mmengine.config import Config
     import os.path as osp
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    base = Config.fromfile(osp.join(root, 'configs/det/faster_rcnn_r50_infopro_k4.py')).model.to_dict()
+    name = 'mask_rcnn_r50_infopro_k4.py' if mask else 'faster_rcnn_r50_infopro_k4.py'
+    base = Config.fromfile(osp.join(root, 'configs/det', name)).model.to_dict()
     cfg = _det_common(k)
     cfg.update(type='LocalTwoStageDetector', rpn_head=base['rpn_head'], roi_head=base['roi_head'],
                train_cfg=base['train_cfg'], test_cfg=base['test_cfg'])
@@ -156,7 +179,21 @@ def faster_rcnn_cfg(k: int) -> dict:
     cfg['train_cfg']['rpn_proposal'].update(nms_pre=200, max_per_img=100)
     cfg['train_cfg']['rcnn']['sampler']['num'] = 64
     cfg['test_cfg']['rpn'].update(nms_pre=200, max_per_img=50)
+    if mask:
+        cfg['data_preprocessor']['pad_mask'] = True
+        cfg['roi_head']['mask_roi_extractor']['out_channels'] = 16
+        cfg['roi_head']['mask_head'].update(num_convs=1, in_channels=16, conv_out_channels=8, num_classes=3)
+        cfg['test_cfg']['rcnn']['max_per_img'] = 20
+        cfg['local_objective']['mask_weight'] = base['local_objective']['mask_weight']
     return cfg
+
+
+def faster_rcnn_cfg(k: int) -> dict:
+    return two_stage_cfg(k, mask=False)
+
+
+def mask_rcnn_cfg(k: int) -> dict:
+    return two_stage_cfg(k, mask=True)
 
 
 def _cls_reference(model, data: dict) -> Dict[str, torch.Tensor]:
@@ -189,7 +226,8 @@ def _tiny() -> Dict[str, Tiny]:
         'LocalImageClassifier': Tiny(cls_cfg, 'mmpretrain', cls_batch, _cls_reference),
         'LocalEncoderDecoder': Tiny(seg_cfg, 'mmseg', seg_batch, _stock_reference(EncoderDecoder)),
         'LocalSingleStageDetector': Tiny(retinanet_cfg, 'mmdet', det_batch, _stock_reference(SingleStageDetector)),
-        'LocalTwoStageDetector': Tiny(faster_rcnn_cfg, 'mmdet', det_batch, _stock_reference(TwoStageDetector)),
+        # Mask R-CNN (a TwoStageDetector with a mask head; Faster R-CNN is the same class without it)
+        'LocalTwoStageDetector': Tiny(mask_rcnn_cfg, 'mmdet', inst_batch, _stock_reference(TwoStageDetector)),
     }
 
 

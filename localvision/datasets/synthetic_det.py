@@ -50,12 +50,17 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def render_det_sample(rng: np.random.Generator, size: int = 128, min_objects: int = 2, max_objects: int = 6,
-                      radius_range: Tuple[float, float] = (0.08, 0.2),
-                      max_iou: float = 0.15) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
-    """One ``(image uint8 HxWx3, [(class index 0..4, [x1, y1, x2, y2]), ...])`` sample."""
+                      radius_range: Tuple[float, float] = (0.08, 0.2), max_iou: float = 0.15,
+                      return_masks: bool = False):
+    """One ``(image uint8 HxWx3, [(class index 0..4, [x1, y1, x2, y2]), ...])`` sample.
+
+    With ``return_masks`` each object is ``(class, box, mask)``: ``mask`` (HxW bool) is the object's
+    whole shape, drawn in order (later objects cover earlier ones). The random draws, hence the
+    image and the boxes, are the same either way.
+    """
     img = _background(rng, size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    objects: List[Tuple[int, List[float]]] = []
+    objects: list = []
     for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         for _attempt in range(10):
             cls = int(rng.integers(0, len(DET_CLASSES)))
@@ -69,12 +74,12 @@ def render_det_sample(rng: np.random.Generator, size: int = 128, min_objects: in
             if len(xs) < 16:
                 continue
             box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-            if any(_iou(np.array(box), np.array(b)) > max_iou for _, b in objects):
+            if any(_iou(np.array(box), np.array(o[1])) > max_iou for o in objects):
                 continue
             c1 = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
             colour = np.where(pat[..., None], c1, 1.0 - c1)
             img = np.where(win[..., None], colour + rng.normal(0, 0.04, size=img.shape).astype(np.float32), img)
-            objects.append((cls, box))
+            objects.append((cls, box, win) if return_masks else (cls, box))
             break
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), objects
 

@@ -4,7 +4,7 @@ mmdet configs keep ``_scope_='mmdet'``; local objectives go to localvision's ``O
 Configs pull this in with ``custom_imports=dict(imports=['localvision.det'])``;
 ``import localvision`` alone never imports mmdet.
 """
-from .datasets import CheckedCocoDataset, ShapesDetDataset, check_coco_annotations
+from .datasets import CheckedCocoDataset, ShapesDetDataset, ShapesInstDataset, check_coco_annotations
 from .losses import LowMemFocalLoss
 from .local_detector import LocalDetectorMixin, LocalSingleStageDetector, LocalTwoStageDetector
 from .objectives import DenseDetAuxHead, DetGreedy, DetReconDecoder, InfoProDet
@@ -12,4 +12,4 @@ from .simple_pyramid import SimplePyramid
 
 __all__ = ['LocalDetectorMixin', 'LocalSingleStageDetector', 'LocalTwoStageDetector', 'InfoProDet',
            'DetGreedy', 'DenseDetAuxHead', 'DetReconDecoder', 'SimplePyramid', 'CheckedCocoDataset',
-           'ShapesDetDataset', 'check_coco_annotations', 'LowMemFocalLoss']
+           'ShapesDetDataset', 'ShapesInstDataset', 'check_coco_annotations', 'LowMemFocalLoss']

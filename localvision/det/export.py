@@ -1,6 +1,7 @@
 """Export a trained local detector to a checkpoint + config that stock mmdet loads.
 
-The exported model is mmdet's own ``SingleStageDetector`` / ``TwoStageDetector`` with mmdet's
+The exported model is mmdet's own ``SingleStageDetector`` / ``TwoStageDetector`` (``MaskRCNN`` when
+the RoI head has a mask head) with mmdet's
 ``ResNet`` backbone: a plain timm ResNet (``resnet18/34/50/101/152``: 7x7 stem, strided 3x3 in
 the bottleneck, 1x1 projection shortcuts) has exactly the layout of mmdet's ResNet with
 ``style='pytorch'``, and the same parameter names under ``layer*`` / ``conv1`` / ``bn1``; only the
@@ -23,7 +24,7 @@ from localvision.utils.export import save_stock_checkpoint, stock_config
 
 LOCAL_KEYS = ('split', 'local_objective', 'context', 'executor')
 LOCAL_TYPES = {'LocalSingleStageDetector': 'SingleStageDetector', 'LocalTwoStageDetector': 'TwoStageDetector'}
-LOCAL_DATASETS = ('ShapesDetDataset', 'CheckedCocoDataset')
+LOCAL_DATASETS = ('ShapesDetDataset', 'ShapesInstDataset', 'CheckedCocoDataset')
 DEPTHS = {('BasicBlock', (2, 2, 2, 2)): 18, ('BasicBlock', (3, 4, 6, 3)): 34, ('Bottleneck', (3, 4, 6, 3)): 50,
           ('Bottleneck', (3, 4, 23, 3)): 101, ('Bottleneck', (3, 8, 36, 3)): 152}
 
@@ -91,6 +92,7 @@ def _stock_dataset(ds, classes) -> None:
             ds['type'] = 'CocoDataset'
             ds['metainfo'] = dict(classes=tuple(classes))
             ds.pop('check_annotations', None)
+            ds.pop('check_masks', None)
         for v in ds.values():
             _stock_dataset(v, classes)
     elif isinstance(ds, (list, tuple)):
@@ -120,6 +122,8 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
                            frozen_stages=model.backbone.frozen_stages, norm_cfg=dict(type='BN', requires_grad=True),
                            norm_eval=model.backbone.norm_eval, style='pytorch', init_cfg=None)
     cfg['type'] = LOCAL_TYPES[cfg['type']]
+    if cfg['type'] == 'TwoStageDetector' and (cfg.get('roi_head') or {}).get('mask_head') is not None:
+        cfg['type'] = 'MaskRCNN'  # mmdet's MaskRCNN is a TwoStageDetector; the name tells what it is
     _stock_losses(cfg)
     if cfg.get('neck') is not None and 'in_channels' in cfg['neck']:
         neck_in = model.backbone.level_channels()

@@ -1,7 +1,8 @@
 """Object detection (mmdet 3.x) with a timm backbone split into K gradient-isolated modules.
 
 :class:`LocalSingleStageDetector` (RetinaNet, FCOS, any single-stage ``bbox_head``) and
-:class:`LocalTwoStageDetector` (Faster R-CNN: ``rpn_head`` + ``roi_head``) share
+:class:`LocalTwoStageDetector` (Faster R-CNN, and Mask R-CNN when ``roi_head`` has a ``mask_head``:
+``rpn_head`` + ``roi_head``) share
 :class:`LocalDetectorMixin`: the backbone is a :class:`~localvision.models.split.StagedTimm`;
 module k < K-1 is trained by its local objective (``InfoProDet`` / ``DetGreedy``) on its own
 output map; the last module is trained by the neck and the detection head(s). The neck (FPN)
@@ -85,9 +86,27 @@ class LocalDetectorMixin(LocalLearningModel):
     def head_losses(self, x, data_samples: list) -> Dict[str, Tensor]:
         """The detector's losses on the neck outputs ``x``."""
 
+    def wants_masks(self) -> bool:
+        """Whether a head or a local objective reads the instance masks (Mask R-CNN's mask head,
+        ``InfoProDet(mask_weight>0)``); the split profiler's dummy samples then carry masks."""
+        if getattr(getattr(self, 'roi_head', None), 'with_mask', False):
+            return True
+        return self._objectives_read_masks()
+
+    def _objectives_read_masks(self) -> bool:
+        objectives = getattr(self, 'objectives', None)
+        if objectives is None:  # still resolving the split: ask the config
+            cfgs = self._local_objective_cfg
+            cfgs = cfgs if isinstance(cfgs, (list, tuple)) else [cfgs]
+            return any(isinstance(c, dict) and float(c.get('mask_weight') or 0) > 0 for c in cfgs)
+        return any(getattr(o, 'mask_weight', 0) > 0 for o in objectives)
+
     def task_targets(self, data_samples: list, device: torch.device) -> Optional[list]:
+        """Per image ``(boxes (n, 4), labels (n,))``, plus ``masks`` (n, H, W) uint8 at the batch
+        input size when a local objective reads them."""
         if 'gt_instances' not in data_samples[0]:
             return None
+        with_masks = self._objectives_read_masks()
         targets = []
         for ds in data_samples:
             gi = ds.gt_instances
@@ -99,13 +118,24 @@ class LocalDetectorMixin(LocalLearningModel):
                 where = ds.metainfo.get('img_path', ds.metainfo.get('img_id', '?'))
                 raise InputError(f'image {where}: labels {sorted(set(labels[bad].tolist()))} are outside the class '
                                  f'range 0..{self.num_classes - 1}; check the annotations and the head\'s num_classes')
-            targets.append((boxes.to(device).float(), labels.to(device)))
+            if with_masks:
+                if 'masks' not in gi:
+                    where = ds.metainfo.get('img_path', ds.metainfo.get('img_id', '?'))
+                    raise InputError(f'image {where}: the local objective reads instance masks (mask_weight > 0), but '
+                                     'the data samples have none; load them with LoadAnnotations(with_mask=True)')
+                masks = gi.masks
+                masks = masks.to_tensor(torch.uint8, device) if hasattr(masks, 'to_tensor') else masks
+                targets.append((boxes.to(device).float(), labels.to(device), masks.to(device)))
+            else:
+                targets.append((boxes.to(device).float(), labels.to(device)))
         return targets
 
     def dummy_data_samples(self, n: int, device: torch.device) -> list:
-        """A few boxes per image, as the data pipeline would give them (for the split's dry run)."""
+        """A few boxes per image, as the data pipeline would give them (for the split's dry run);
+        with their masks (the boxes filled) when :meth:`wants_masks`."""
         from mmengine.structures import InstanceData
         from mmdet.structures import DetDataSample
+        from mmdet.structures.mask import BitmapMasks
         h, w = self.backbone.input_size[-2:]
         samples = []
         for _ in range(n):
@@ -113,6 +143,12 @@ class LocalDetectorMixin(LocalLearningModel):
             gi.bboxes = torch.tensor([[w * 0.1, h * 0.1, w * 0.4, h * 0.5], [w * 0.5, h * 0.3, w * 0.9, h * 0.9],
                                       [w * 0.3, h * 0.6, w * 0.45, h * 0.75]], device=device)
             gi.labels = torch.zeros(3, dtype=torch.long, device=device)
+            if self.wants_masks():
+                import numpy as np
+                masks = np.zeros((3, h, w), np.uint8)
+                for i, (x1, y1, x2, y2) in enumerate(gi.bboxes.round().long().tolist()):
+                    masks[i, y1:y2, x1:x2] = 1
+                gi.masks = BitmapMasks(masks, h, w)
             ds = DetDataSample()
             ds.gt_instances = gi
             ds.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
@@ -159,6 +195,7 @@ class LocalSingleStageDetector(LocalDetectorMixin, SingleStageDetector):
         self.bbox_head = MODELS.build(bbox_head)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
+        self._local_objective_cfg = local_objective
         self.init_units(local_objective, context, self.bbox_head.num_classes)
 
     def _task_modules(self) -> List[nn.Module]:
@@ -170,9 +207,12 @@ class LocalSingleStageDetector(LocalDetectorMixin, SingleStageDetector):
 
 @MODELS.register_module()
 class LocalTwoStageDetector(LocalDetectorMixin, TwoStageDetector):
-    """A two-stage detector (Faster R-CNN) on a timm backbone trained as K modules.
+    """A two-stage detector (Faster R-CNN; Mask R-CNN with a ``mask_head`` in the RoI head) on a
+    timm backbone trained as K modules.
 
-    The RPN and the RoI head are trained by the last module's loss, on the neck's outputs.
+    The RPN and the RoI head (box and mask branches) are trained by the last module's loss, on the
+    neck's outputs. mmdet's ``MaskRCNN`` is a ``TwoStageDetector`` with nothing of its own, so this
+    class is both (configs inheriting ``mmdet::mask_rcnn/...`` set ``type='LocalTwoStageDetector'``).
     Arguments as :class:`LocalSingleStageDetector`, with ``rpn_head`` / ``roi_head`` as for
     mmdet's TwoStageDetector.
     """
@@ -198,6 +238,7 @@ class LocalTwoStageDetector(LocalDetectorMixin, TwoStageDetector):
         self.roi_head = MODELS.build(roi_head)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
+        self._local_objective_cfg = local_objective
         self.init_units(local_objective, context, self.roi_head.bbox_head.num_classes)
 
     def _task_modules(self) -> List[nn.Module]:

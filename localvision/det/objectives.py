@@ -17,11 +17,19 @@
   ``1/target_stride`` of the input (default 1/4: at 512x512 reconstructing the full image from
   a 2048-channel map would cost more memory than the module itself), sigmoid + BCE.
 
+For instance segmentation ``mask_weight > 0`` adds a third task term, ``L_mask``: the dense head
+gets one more conv3x3 output with a channel per class, trained with sigmoid BCE against the
+**per-class mask coverage** of each location (the fraction of the location's cell covered by masks
+of instances of that class: the instance masks area-pooled to the map's stride). It tells an
+early module the *shape* of the objects, not only their boxes, which is what the mask head of
+the last module will ask of the features (see ``docs/instance_segmentation.md``).
+
 ``DetGreedy`` is the same objective without the reconstruction term (greedy supervised local
 learning with the dense detection head).
 
 Targets: ``ctx.targets`` is a list (one per image) of ``(bboxes (n, 4) xyxy in input pixels,
-labels (n,))``, as :class:`~localvision.det.local_detector.LocalDetectorMixin` puts them there.
+labels (n,))``, and ``masks (n, H, W)`` at the batch input size as a third element when
+``mask_weight > 0``, as :class:`~localvision.det.local_detector.LocalDetectorMixin` puts them there.
 """
 from __future__ import annotations
 
@@ -44,7 +52,8 @@ Weight = Union[float, Sequence[float]]
 @AUX_HEADS.register_module()
 class DenseDetAuxHead(nn.Module):
     """A light dense detection head: ``num_convs`` x (conv3x3 - BN - ReLU), then conv3x3 to
-    ``num_classes`` logits and conv3x3 to 4 box distances (log-space, in units of the stride).
+    ``num_classes`` logits and conv3x3 to 4 box distances (log-space, in units of the stride);
+    with ``mask_channels`` a third conv3x3 to per-class mask-coverage logits.
 
     Args:
         in_channels: channels of the module output.
@@ -52,10 +61,11 @@ class DenseDetAuxHead(nn.Module):
         channels: width of the hidden convs.
         num_convs: number of hidden convs.
         prior_prob: initial foreground probability of the classifier (focal-loss init).
+        mask_channels: channels of the mask output (0: none; filled in by ``InfoProDet(mask_weight>0)``).
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 128, num_convs: int = 2,
-                 prior_prob: float = 0.01) -> None:
+                 prior_prob: float = 0.01, mask_channels: int = 0) -> None:
         super().__init__()
         layers: List[nn.Module] = []
         c = in_channels
@@ -66,6 +76,7 @@ class DenseDetAuxHead(nn.Module):
         self.tower = nn.Sequential(*layers)
         self.cls = nn.Conv2d(c, num_classes, 3, padding=1)
         self.reg = nn.Conv2d(c, 4, 3, padding=1)
+        self.mask = nn.Conv2d(c, mask_channels, 3, padding=1) if mask_channels else None
         self.prior_prob = prior_prob
         self.init_weights()
 
@@ -75,10 +86,16 @@ class DenseDetAuxHead(nn.Module):
         nn.init.constant_(self.cls.bias, -math.log((1 - self.prior_prob) / self.prior_prob))
         nn.init.normal_(self.reg.weight, std=0.01)
         nn.init.zeros_(self.reg.bias)
+        if self.mask is not None:
+            nn.init.normal_(self.mask.weight, std=0.01)
+            nn.init.constant_(self.mask.bias, -math.log((1 - self.prior_prob) / self.prior_prob))
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """``(class logits, box distances)``, and the mask logits when the head has them."""
         x = self.tower(x)
-        return self.cls(x), self.reg(x)
+        if self.mask is None:
+            return self.cls(x), self.reg(x)
+        return self.cls(x), self.reg(x), self.mask(x)
 
 
 @AUX_HEADS.register_module()
@@ -189,20 +206,26 @@ class InfoProDet(InfoProBase):
             (a stride-4 map at 512x512 costs a lot for little gain).
         recon_stride: the reconstruction target is the image at 1/recon_stride.
         box_weight: weight of the GIoU term relative to the focal loss.
+        mask_weight: weight of the per-class mask-coverage term relative to the focal loss (0: no
+            mask term; instance segmentation: the targets must carry the instance masks).
         center_radius: FCOS centre-sampling radius, in strides.
         in_stride: stride of the module output (filled in by the task model).
     """
 
     def __init__(self, in_channels: int, num_classes: int, lambda_recon: Weight = 1.0, lambda_task: Weight = 1.0,
                  head: Optional[dict] = None, decoder: Optional[dict] = None, min_stride: int = 8,
-                 recon_stride: int = 4, box_weight: float = 1.0, center_radius: float = 1.5,
-                 image_channels: int = 3, **kwargs) -> None:
+                 recon_stride: int = 4, box_weight: float = 1.0, mask_weight: float = 0.0,
+                 center_radius: float = 1.5, image_channels: int = 3, **kwargs) -> None:
         fill = {}
         if decoder is None or decoder.get('type') == 'DetReconDecoder':
             fill = dict(in_stride=kwargs.get('in_stride', 1), target_stride=int(recon_stride))
+        head = dict(head or dict(type='DenseDetAuxHead'))
+        if float(mask_weight) > 0 and head.get('type', 'DenseDetAuxHead') == 'DenseDetAuxHead':
+            head.setdefault('mask_channels', num_classes)
         super().__init__(in_channels, num_classes, lambda_recon, lambda_task,
-                         head=head or dict(type='DenseDetAuxHead'), decoder=decoder or dict(type='DetReconDecoder'),
+                         head=head, decoder=decoder or dict(type='DetReconDecoder'),
                          image_channels=image_channels, decoder_fill=fill, **kwargs)
+        self.mask_weight = float(mask_weight)
         self.min_stride = int(min_stride)
         self.recon_stride = int(recon_stride)
         self.box_weight = float(box_weight)
@@ -218,13 +241,22 @@ class InfoProDet(InfoProBase):
             f = int(round(self.min_stride / self.in_stride))
             feat = F.avg_pool2d(feat, f, f, ceil_mode=True)
             stride = stride * f
-        cls_logits, reg = self.head(feat)
+        outs = self.head(feat)
+        cls_logits, reg = outs[0], outs[1]
         b, c, h, w = cls_logits.shape
+        losses = {}
+        if self.mask_weight > 0:
+            if len(outs) < 3:
+                raise ValueError('InfoProDet(mask_weight > 0) needs a head with a mask output (DenseDetAuxHead with '
+                                 'mask_channels=num_classes)')
+            mask = self.mask_loss(outs[2], ctx.targets, ctx.img_hw)
+            losses['loss_det_mask'] = self.lambda_task * self.mask_weight * mask
         cls_logits = cls_logits.float().permute(0, 2, 3, 1).reshape(b, h * w, c)
         reg = reg.float().permute(0, 2, 3, 1).reshape(b, h * w, 4)
         cls_target = torch.zeros_like(cls_logits)
         pred_boxes, gt_boxes = [], []
-        for i, (boxes, labels) in enumerate(ctx.targets):
+        for i, target in enumerate(ctx.targets):
+            boxes, labels = target[0], target[1]
             assigned, points = dense_targets(boxes, labels, (h, w), stride, self.center_radius)
             pos = assigned >= 0
             if not bool(pos.any()):
@@ -236,13 +268,42 @@ class InfoProDet(InfoProBase):
                                            p[:, 1] + d[:, 3]], dim=1))
             gt_boxes.append(boxes[assigned[pos]].float())
         num_pos = max(sum(len(p) for p in pred_boxes), 1)
-        losses = {'loss_det_cls': self.lambda_task * sigmoid_focal_loss(cls_logits, cls_target) / num_pos}
+        losses = {**losses, 'loss_det_cls': self.lambda_task * sigmoid_focal_loss(cls_logits, cls_target) / num_pos}
         if pred_boxes:
             box = giou_loss(torch.cat(pred_boxes), torch.cat(gt_boxes))
         else:
             box = reg.sum() * 0.0
         losses['loss_det_box'] = self.lambda_task * self.box_weight * box
         return losses
+
+    @staticmethod
+    @torch.no_grad()
+    def mask_targets(targets: list, num_classes: int, hw: Tuple[int, int], input_hw: Tuple[int, int]) -> Tensor:
+        """Per-class mask coverage ``(B, num_classes, h, w)`` in [0, 1]: each class's union of
+        instance masks (``target[2]``; padded at the bottom / right to the batch ``input_hw`` when
+        smaller) area-pooled to the ``hw`` grid."""
+        maps = []
+        for target in targets:
+            if len(target) < 3:
+                raise ValueError('InfoProDet(mask_weight > 0): the targets carry no instance masks; load them with '
+                                 'LoadAnnotations(with_mask=True)')
+            masks, labels = target[2], target[1].long()
+            H, W = masks.shape[-2:]
+            onehot = F.one_hot(labels, num_classes).float()  # (n, C): the union of each class's masks
+            sem = (onehot.t() @ masks.reshape(len(labels), -1).float()).clamp_(max=1.0).reshape(num_classes, H, W)
+            if (H, W) != tuple(input_hw):
+                sem = F.pad(sem, (0, int(input_hw[1]) - W, 0, int(input_hw[0]) - H))
+            maps.append(sem)
+        sem = torch.stack(maps)
+        # cells of the map's grid: the input is padded to a multiple of the stride, so the grid is
+        # the map's; adaptive pooling also covers maps with ceil-mode sizes
+        return F.adaptive_avg_pool2d(sem, hw)
+
+    def mask_loss(self, logits: Tensor, targets: list, input_hw: Tuple[int, int]) -> Tensor:
+        """Sigmoid BCE against the per-class mask coverage, summed over classes, mean over locations."""
+        target = self.mask_targets(targets, logits.shape[1], tuple(logits.shape[-2:]), input_hw)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction='none')
+        return bce.sum(1).mean()
 
     def loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
         losses: Dict[str, Tensor] = {}

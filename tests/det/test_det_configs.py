@@ -15,7 +15,14 @@ def test_config_reads(path):
     name = osp.basename(path)
     m = cfg.model
     assert cfg.default_scope == 'mmdet' and 'localvision.det' in cfg.custom_imports['imports']
-    assert m.type == ('LocalTwoStageDetector' if name.startswith('faster_rcnn') else 'LocalSingleStageDetector')
+    two_stage = name.startswith(('faster_rcnn', 'mask_rcnn'))
+    assert m.type == ('LocalTwoStageDetector' if two_stage else 'LocalSingleStageDetector')
+    if name.startswith('mask_rcnn'):  # Mask R-CNN: mmdet's base, a mask head, masks loaded and evaluated
+        assert m.roi_head.mask_head.type == 'FCNMaskHead' and m.data_preprocessor.pad_mask
+        assert any(t.type == 'LoadAnnotations' and t.with_mask for t in cfg.train_dataloader.dataset.pipeline)
+        assert 'segm' in cfg.val_evaluator.metric
+        if '_e2e' not in name and 'greedy' not in name:
+            assert m.local_objective.mask_weight > 0
     assert m.backbone.pretrained is False and m.backbone.frozen_stages == -1 and m.backbone.norm_eval is False
     k = m.split.num_modules
     if '_e2e' in name:
@@ -28,5 +35,5 @@ def test_config_reads(path):
     else:
         assert m.neck.type == 'FPN'
     if 'demo' in name:
-        assert cfg.train_dataloader.dataset.type == 'ShapesDetDataset'
+        assert cfg.train_dataloader.dataset.type == ('ShapesInstDataset' if two_stage else 'ShapesDetDataset')
         assert cfg.val_evaluator.type == 'CocoMetric'

@@ -103,3 +103,57 @@ def test_two_stage_export_predicts_the_same_in_stock_mmdet():
     for x, y in zip(a, b):
         torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
         torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
+
+
+def test_mask_rcnn_k1_equals_stock_mmdet_mask_rcnn():
+    """K=1 Mask R-CNN is mmdet's MaskRCNN with mmdet's ResNet-18: same gradients (RPN, box and
+    mask heads, backbone) with the exported weights."""
+    from localvision.det.export import export_state_dict, stock_model_cfg
+    local_cfg = tiny_model_cfg('mask_rcnn', num_modules=1)
+    local = build(local_cfg)
+    plain = build(stock_model_cfg(local_cfg, local))
+    assert type(plain).__name__ == 'MaskRCNN' and type(plain.backbone).__name__ == 'ResNet'
+    plain.load_state_dict(export_state_dict(local), strict=True)
+    data = batch(masks=True)
+    torch.manual_seed(3)  # the RoI samplers draw at random
+    g_local, log = grads_after_step(local, data)
+    assert 'loss_mask' in log
+    plain.train()
+    plain.zero_grad(set_to_none=True)
+    d = plain.data_preprocessor(copy.deepcopy(data), True)
+    torch.manual_seed(3)
+    loss, _ = plain.parse_losses(plain(**d, mode='loss'))
+    loss.backward()
+    n = 0
+    for name, p in plain.named_parameters():
+        lname = name.replace('backbone.', 'backbone.model.', 1) if name.startswith('backbone.') else name
+        torch.testing.assert_close(g_local[lname], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        n += name.startswith('roi_head.mask_head.')
+    assert n > 0
+
+
+def test_mask_rcnn_export_predicts_the_same_masks_in_stock_mmdet():
+    """Mask R-CNN (K=2, InfoProDet with the mask term) exported to mmdet's MaskRCNN: the same
+    boxes, scores and masks; the local objective (with its mask output) is dropped."""
+    from localvision.det.export import export_state_dict, stock_model_cfg
+    cfg = tiny_model_cfg('mask_rcnn', num_modules=2)
+    local = build(cfg)
+    stock_cfg = stock_model_cfg(cfg, local)
+    assert stock_cfg['type'] == 'MaskRCNN' and 'local_objective' not in stock_cfg
+    plain = build(stock_cfg)
+    state = export_state_dict(local)
+    assert not any(k.startswith('objectives.') for k in state)
+    plain.load_state_dict(state, strict=True)
+    local.eval(), plain.eval()
+    with torch.no_grad():
+        for p in local.roi_head.parameters():  # move away from the init so that masks differ per class
+            p.add_(0.01 * torch.randn_like(p))
+        plain.load_state_dict(export_state_dict(local), strict=True)
+        d = local.data_preprocessor(copy.deepcopy(batch(masks=True)), False)
+        a = local(**d, mode='predict')
+        b = plain(**d, mode='predict')
+    for x, y in zip(a, b):
+        assert len(x.pred_instances) > 0
+        torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
+        torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
+        assert torch.equal(x.pred_instances.masks, y.pred_instances.masks)

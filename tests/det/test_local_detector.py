@@ -20,12 +20,14 @@ CONFIGS = {
     'retinanet': 'configs/det/retinanet_r50_infopro_k4.py',
     'fcos': 'configs/det/fcos_r50_infopro_k4.py',
     'faster_rcnn': 'configs/det/faster_rcnn_r50_infopro_k4.py',
+    'mask_rcnn': 'configs/det/mask_rcnn_r50_infopro_k4.py',
     'vit': 'configs/det/retinanet_vit_small_infopro_k4.py',
 }
 TASK_KEYS = {
     'retinanet': {'loss_cls', 'loss_bbox'},
     'fcos': {'loss_cls', 'loss_bbox', 'loss_centerness'},
     'faster_rcnn': {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'},
+    'mask_rcnn': {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'loss_mask', 'm0.loss_det_mask'},
     'vit': {'loss_cls', 'loss_bbox'},
 }
 
@@ -46,7 +48,10 @@ def tiny_model_cfg(kind='retinanet', num_modules=2, cuts=None, num_classes=3, **
         m.local_objective.head = dict(type='DenseDetAuxHead', channels=8)
     else:
         m.local_objective = None
-    if kind == 'faster_rcnn':
+    if kind == 'mask_rcnn':
+        m.roi_head.mask_roi_extractor.out_channels = 16
+        m.roi_head.mask_head.update(num_convs=1, in_channels=16, conv_out_channels=8, num_classes=num_classes)
+    if kind in ('faster_rcnn', 'mask_rcnn'):
         m.rpn_head.feat_channels = 16
         m.rpn_head.in_channels = 16
         m.roi_head.bbox_roi_extractor.out_channels = 16
@@ -70,7 +75,9 @@ def build(cfg):
     return model
 
 
-def batch(n=2, seed=0, num_classes=3, size=SIZE):
+def batch(n=2, seed=0, num_classes=3, size=SIZE, masks=False):
+    """Three boxes per image (with their instance masks: ellipses in the boxes, when ``masks``)."""
+    from local_models import box_masks
     g = torch.Generator().manual_seed(seed)
     inputs = [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)]
     samples = []
@@ -78,6 +85,8 @@ def batch(n=2, seed=0, num_classes=3, size=SIZE):
         gi = InstanceData()
         gi.bboxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0], [10.0, 40.0, 26.0, 60.0]])
         gi.labels = torch.tensor([0, 1, 2]) % num_classes
+        if masks:
+            gi.masks = box_masks(gi.bboxes, size)
         ds = DetDataSample()
         ds.gt_instances = gi
         ds.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
@@ -101,12 +110,13 @@ def grads_after_step(model, data):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, log
 
 
-@pytest.mark.parametrize('kind', ['retinanet', 'fcos', 'faster_rcnn', 'vit'])
+@pytest.mark.parametrize('kind', ['retinanet', 'fcos', 'faster_rcnn', 'mask_rcnn', 'vit'])
 def test_losses_prefixed_and_modes(kind):
     model = build(tiny_model_cfg(kind, num_modules=2))
-    assert type(model).__name__ == ('LocalTwoStageDetector' if kind == 'faster_rcnn' else 'LocalSingleStageDetector')
+    two_stage = kind in ('faster_rcnn', 'mask_rcnn')
+    assert type(model).__name__ == ('LocalTwoStageDetector' if two_stage else 'LocalSingleStageDetector')
     assert model.num_units == 2
-    data = model.data_preprocessor(batch(), True)
+    data = model.data_preprocessor(batch(masks=kind == 'mask_rcnn'), True)
     losses = model(**data, mode='loss')
     assert {'m0.loss_det_cls', 'm0.loss_det_box', 'm0.loss_recon'} <= set(losses)
     assert TASK_KEYS[kind] <= set(losses), sorted(losses)
@@ -115,7 +125,10 @@ def test_losses_prefixed_and_modes(kind):
     with torch.no_grad():
         out = model(data['inputs'], data['data_samples'], mode='predict')
     assert len(out) == 2 and out[0].pred_instances.bboxes.shape[-1] == 4
-    if kind != 'faster_rcnn':
+    if kind == 'mask_rcnn':  # masks at the image size, one per detection
+        pred = out[0].pred_instances
+        assert pred.masks.shape == (len(pred.bboxes), SIZE, SIZE) and pred.masks.dtype == torch.bool
+    if not two_stage:
         with torch.no_grad():
             feats = model(data['inputs'], mode='tensor')
         assert len(feats) in (2, 3) and len(feats[0]) == 5  # per-level outputs of P3..P7
@@ -176,7 +189,7 @@ def test_unknown_objective_is_one_clear_error():
         build(cfg)
 
 
-@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn'])
+@pytest.mark.parametrize('kind', ['retinanet', 'faster_rcnn', 'mask_rcnn'])
 def test_balanced_split_counts_the_heads(kind):
     """The balanced strategy profiles the blocks, the local objectives and the neck + heads with
     their losses (on synthetic boxes) and puts the cuts where the largest module is smallest."""
@@ -185,5 +198,43 @@ def test_balanced_split_counts_the_heads(kind):
     model = build(cfg)
     assert model.num_units == 3 and len(model.backbone.cuts) == 2
     assert model.backbone.block_costs is not None and len(model.backbone.block_costs) == model.backbone.num_blocks
-    data = model.data_preprocessor(batch(), True)
+    data = model.data_preprocessor(batch(masks=kind == 'mask_rcnn'), True)
     assert 'm1.loss_det_cls' in model(**data, mode='loss')
+
+
+def test_mask_objective_reads_the_instance_masks():
+    """InfoProDet(mask_weight>0): module 0's head predicts each class's mask coverage; the targets
+    carry the masks; without masks in the data samples the error says how to load them."""
+    from localvision.det.objectives import InfoProDet
+    cfg = tiny_model_cfg('mask_rcnn', num_modules=2)
+    model = build(cfg)
+    obj = model.objectives[0]
+    assert obj.mask_weight == 1.0 and obj.head.mask.out_channels == 3
+    data = model.data_preprocessor(batch(masks=True), True)
+    ctx = model.make_context(data['inputs'], data['data_samples'])
+    boxes, labels, masks = ctx.targets[0]
+    assert masks.shape == (3, SIZE, SIZE) and masks.dtype == torch.uint8
+    # coverage of class 1 on a 2x2 grid: its ellipse (box 30..60 x 20..50) lies mostly in the right half
+    cov = InfoProDet.mask_targets(ctx.targets, 3, (2, 2), (SIZE, SIZE))
+    assert cov.shape == (2, 3, 2, 2) and float(cov.min()) >= 0 and float(cov.max()) <= 1
+    full = masks[1].float().reshape(2, SIZE // 2, 2, SIZE // 2).mean((1, 3))
+    torch.testing.assert_close(cov[0, 1], full)
+    losses = model(**data, mode='loss')
+    assert 'm0.loss_det_mask' in losses and 'loss_mask' in losses
+
+    no_masks = model.data_preprocessor(batch(masks=False), True)
+    with pytest.raises(InputError, match=r'reads instance masks.*LoadAnnotations\(with_mask=True\)'):
+        model.make_context(no_masks['inputs'], no_masks['data_samples'])
+
+
+def test_mask_term_off_keeps_the_detection_objective():
+    """mask_weight=0 (the detection configs): no mask output, targets are (boxes, labels)."""
+    cfg = tiny_model_cfg('mask_rcnn', num_modules=2)
+    cfg['local_objective']['mask_weight'] = 0.0
+    model = build(cfg)
+    assert model.objectives[0].head.mask is None
+    data = model.data_preprocessor(batch(masks=True), True)
+    ctx = model.make_context(data['inputs'], data['data_samples'])
+    assert len(ctx.targets[0]) == 2
+    losses = model(**data, mode='loss')
+    assert 'm0.loss_det_mask' not in losses and 'loss_mask' in losses

@@ -6,6 +6,8 @@
                                             [--num-train 400] [--num-val 100]
     python tools/misc/make_demo_data.py det [--out data/lv_shapes_det] [--size 128] [--seed 0]
                                             [--num-train 800] [--num-val 200]
+    python tools/misc/make_demo_data.py inst [--out data/lv_shapes_inst] [--size 128] [--seed 0]
+                                             [--num-train 800] [--num-val 200]
 
 One subcommand per task. To add one (``seg``, ``det``...), write ``add_<task>_parser(subparsers)``
 that adds its parser and sets ``func`` to a ``run(args) -> Path`` function, and list it in
@@ -71,7 +73,25 @@ def add_det_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_det)
 
 
-SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_seg_parser, add_det_parser]
+def run_inst(args: argparse.Namespace) -> Path:
+    from localvision.datasets.synthetic_inst import make_shapes_instances
+    return make_shapes_instances(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.size,
+                                 seed=args.seed)
+
+
+def add_inst_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('inst', help='shapes instance segmentation, 5 classes (COCO json with polygons + '
+                                           'images; the det set\'s images)')
+    p.add_argument('--out', default='data/lv_shapes_inst', help='output folder (default: %(default)s)')
+    p.add_argument('--size', type=int, default=128, help='image side in pixels (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
+    p.add_argument('--num-train', type=int, default=800, help='training images (default: %(default)s)')
+    p.add_argument('--num-val', type=int, default=200, help='validation images (default: %(default)s)')
+    p.set_defaults(func=run_inst)
+
+
+SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_seg_parser, add_det_parser,
+                                                                    add_inst_parser]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
