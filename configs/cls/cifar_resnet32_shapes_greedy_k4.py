@@ -2,8 +2,9 @@
 # greedy local learning with K=4 modules at the published ResNet-32 cuts. CPU-friendly.
 _base_ = ['../_base_/models/cifar_resnet.py', '../_base_/datasets/shapes_cls.py',
           '../_base_/default_runtime.py']
+# mmpretrain's CustomDataset reads the folders; the data preprocessor (shapes mean/std, BGR -> RGB)
+# comes from the data set's base.
 model = dict(
-    data_preprocessor=dict(mean=[127.5] * 3, std=[63.75] * 3, bgr_to_rgb=True),
     backbone=dict(type='StagedTimm', model_name='cifar_resnet32'),
     split=dict(cuts=[(1, 2), (2, 1), (3, 0)]),
     local_objective=dict(type='Greedy', head=dict(type='ConvFCHead')),

@@ -1,13 +1,14 @@
 # ViT-tiny (patch 4 on 32x32 images, dynamic image size) on the built-in shapes set, greedy
 # local learning with K=4 modules balanced by measured activation memory. Swap the backbone
-# with --cfg-options model.backbone.model_name=vit_small_patch16_224 (and a matching img_size).
+# with --cfg-options model.backbone.model_name=vit_small_patch16_224 (and a matching img_size);
+# the head's in_channels follow it. neck=None: the head reads timm's pooling (the class token).
 _base_ = ['../_base_/datasets/shapes_cls.py', '../_base_/default_runtime.py']
 model = dict(
     type='LocalImageClassifier',
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[63.75] * 3, bgr_to_rgb=True),
     backbone=dict(type='StagedTimm', model_name='vit_tiny_patch16_224', pretrained=False, img_size=32, patch_size=4,
                   dynamic_img_size=True),
-    num_classes=10,
+    neck=None,
+    head=dict(type='LinearClsHead', num_classes=10, loss=dict(type='CrossEntropyLoss', loss_weight=1.0)),
     split=dict(num_modules=4, strategy='balanced', input_size=(3, 32, 32)),
     local_objective=dict(type='Greedy', head=dict(type='PoolLinearHead')),
 )

@@ -2,9 +2,12 @@
 
 A missing data set is reported as one :class:`~localvision.errors.MissingDataError` naming the
 missing path and how to get the data or point the config to it, for every data set type the
-configs use (mmseg's Cityscapes / ADE20K, mmdet's COCO, CIFAR, ImageFolder and the generated demo
-sets), instead of a ``FileNotFoundError`` traceback from inside the data set once the runner builds
-it. Only paths are checked here; the data sets check their contents when they load.
+configs use (mmseg's Cityscapes / ADE20K, mmdet's COCO, mmpretrain's CIFAR10 / CIFAR100, ImageNet
+and CustomDataset (ImageFolder layout), and the generated demo sets), instead of a
+``FileNotFoundError`` traceback from inside the data set once the runner builds it. Only paths are
+checked here; the data sets check their contents when they load. Nothing is ever downloaded: a
+missing CIFAR is reported here, before mmpretrain's CIFAR10 (whose ``download`` defaults to True)
+is built.
 """
 from __future__ import annotations
 
@@ -21,12 +24,19 @@ HOW_TO_GET = {
     'ADE20KDataset': 'download and unzip http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip',
     'CocoDataset': 'download train2017.zip, val2017.zip and annotations_trainval2017.zip from '
                    'https://cocodataset.org/#download',
-    'CIFAR10Dataset': 'download and unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz '
-                      '(the cifar-10-batches-py folder)',
-    'CIFAR100Dataset': 'download and unpack https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz '
-                       '(the cifar-100-python folder)',
-    'ImageFolderDataset': 'put the images in <class_name>/<image> sub-folders',
+    'CIFAR10': 'download and unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz '
+               '(the cifar-10-batches-py folder goes inside the data root)',
+    'CIFAR100': 'download and unpack https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz '
+                '(the cifar-100-python folder goes inside the data root)',
+    'ImageNet': "get ILSVRC2012 from https://image-net.org/download-images and lay it out as mmpretrain's "
+                'ImageNet reads it: <root>/train/<wnid>/*.JPEG, <root>/val/*.JPEG and <root>/meta/{train,val}.txt '
+                "('<image> <label>' lines; without meta/, train/ and val/ need one <wnid>/ sub-folder per class), see "
+                'https://mmpretrain.readthedocs.io/en/latest/user_guides/dataset_prepare.html#imagenet',
+    'CustomDataset': 'put the images in <class_name>/<image> sub-folders of the data root (ImageFolder layout)',
 }
+
+# the folder mmpretrain's CIFAR data sets read inside their data root (and data_prefix)
+CIFAR_FOLDERS = {'CIFAR10': 'cifar-10-batches-py', 'CIFAR100': 'cifar-100-python'}
 
 
 def _generate_command(kind: str, root: str) -> Optional[str]:
@@ -57,12 +67,22 @@ def _leaf_datasets(ds: dict) -> Iterator[dict]:
 
 def required_paths(ds: dict) -> List[Tuple[str, str]]:
     """``(what, path)`` for the data root, annotation file and prefix folders a data set config
-    names, joined the way mmengine's ``BaseDataset`` joins them (data root first)."""
+    names, joined the way mmengine's ``BaseDataset`` joins them (data root first). mmpretrain's
+    CIFAR: the batches folder inside the root; mmpretrain's ``ImageNet`` / ``CustomDataset`` with a
+    ``split`` and no ``data_prefix``: the split's folder (what they read)."""
+    kind = ds.get('type')
+    kind = getattr(kind, '__name__', kind)
     root = ds.get('data_root') or ''
-    prefix = ds.get('data_prefix') or {}
-    if isinstance(prefix, str):  # ImageFolderDataset's short form
-        prefix = dict(img_path=prefix)
     paths = [('data root', root)] if root else []
+    if kind in CIFAR_FOLDERS:
+        folder = CIFAR_FOLDERS[kind]
+        paths.append((f'{folder} folder', osp.join(root, ds.get('data_prefix') or '', folder)))
+        return [(what, p) for what, p in paths if '://' not in p]
+    prefix = ds.get('data_prefix') or {}
+    if not prefix and ds.get('split') and kind in ('ImageNet', 'CustomDataset'):
+        prefix = ds['split']
+    if isinstance(prefix, str):  # mmpretrain's short form (CustomDataset, ImageNet)
+        prefix = dict(img_path=prefix)
     if ds.get('ann_file'):
         paths.append(('annotation file', osp.join(root, ds['ann_file'])))
     paths += [(f'{key} folder', osp.join(root, p)) for key, p in prefix.items() if isinstance(p, str) and p]
@@ -93,7 +113,7 @@ def check_data(cfg, mode: str = 'train') -> None:
     """Check the data sets a run of ``cfg`` reads: ``'train'``: the training set and, when the
     config validates, the validation set; ``'test'``: the test set."""
     loaders = ['train_dataloader', 'val_dataloader'] if mode == 'train' else ['test_dataloader']
-    if mode == 'train' and not cfg.get('val_cfg'):
+    if mode == 'train' and cfg.get('val_cfg') is None:  # mmpretrain's val_cfg=dict() does validate
         loaders.remove('val_dataloader')
     for where in loaders:
         loader = cfg.get(where)

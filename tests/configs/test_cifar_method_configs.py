@@ -1,4 +1,5 @@
-"""The CIFAR configs of every method: published cuts and lambdas, and they build."""
+"""The CIFAR configs of every method: published cuts and lambdas, the papers' recipe, mmpretrain's
+data set / head / preprocessor, and they build."""
 import glob
 import os.path as osp
 
@@ -6,13 +7,15 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from localvision.registry import MODELS
-
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 METHODS = ('dgl', 'infopro_softmax', 'infopro_contrast', 'contsup_e', 'contsup_r1', 'contsup_r1e')
 # (lambda1_first, lambda2_first, lambda1_last, lambda2_last) of the InfoPro paper
 LAMBDAS = {32: {2: (5, 1, 0, 0), 4: (6, 0, 1, 2), 8: (5, 0, 0, 2), 16: (5, 0.05, 0.2, 0.5)},
            110: {2: (5, 0.5, 0, 0), 4: (1, 0, 0, 1), 8: (5, 0, 0, 1), 16: (5, 0, 0.5, 1)}}
+# the published cuts, as (stage, block) after which a module ends (ResNet-110 K=8/16: none published)
+CUTS = {32: {2: [(2, 1)], 4: [(1, 2), (2, 1), (3, 0)], 8: [(1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2)],
+             16: [(0, 0)] + [(s, b) for s in (1, 2, 3) for b in range(5) if (s, b) <= (3, 3)]},
+        110: {2: [(2, 8)], 4: [(1, 11), (2, 7), (3, 3)]}}
 
 
 def cfg_of(net, method, k):
@@ -28,6 +31,7 @@ def test_every_method_inherits_the_greedy_split_and_sets_its_objective(net, k):
         assert cfg.model.split == greedy.model.split
         assert cfg.optim_wrapper == greedy.optim_wrapper and cfg.param_scheduler == greedy.param_scheduler
         assert cfg.train_dataloader.dataset.data_root == 'data/cifar10'
+        assert cfg.model.split.get('cuts') == CUTS[net].get(k)
         obj = cfg.model.local_objective
         if method == 'dgl':
             assert obj == dict(type='DGL')
@@ -49,10 +53,32 @@ def test_there_is_a_config_for_every_net_method_and_k():
                 assert f'cifar_resnet{net}_{method}_k{k}.py' in names
 
 
+@pytest.mark.parametrize('net', [32, 110])
+def test_the_papers_recipe_on_mmpretrains_cifar10(net):
+    cfg = Config.fromfile(osp.join(ROOT, f'configs/cls/cifar_resnet{net}_e2e.py'))
+    assert cfg.default_scope == 'mmpretrain' and cfg.custom_imports.imports == ['localvision.cls']
+    assert cfg.model.type == 'LocalImageClassifier' and cfg.model.backbone.model_name == f'cifar_resnet{net}'
+    assert cfg.model.split.get('num_modules', 1) == 1 and 'cuts' not in cfg.model.split
+    assert cfg.model.head.type == 'LinearClsHead' and cfg.model.head.num_classes == 10 and cfg.model.neck is None
+    assert cfg.data_preprocessor == dict(num_classes=10, mean=[125.307, 122.961, 113.8575],
+                                         std=[51.5865, 50.847, 51.255], to_rgb=False)
+    for where, split in (('train_dataloader', 'train'), ('val_dataloader', 'test'), ('test_dataloader', 'test')):
+        ds = cfg[where].dataset
+        assert (ds.type, ds.data_root, ds.split, ds.download) == ('CIFAR10', 'data/cifar10', split, False)
+    assert [t.type for t in cfg.train_dataloader.dataset.pipeline] == ['RandomCrop', 'RandomFlip', 'PackInputs']
+    assert cfg.train_dataloader.dataset.pipeline[0] == dict(type='RandomCrop', crop_size=32, padding=4)
+    assert cfg.train_dataloader.batch_size == 1024 and cfg.val_evaluator == dict(type='Accuracy', topk=(1, ))
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.type, opt.lr, opt.momentum, opt.nesterov, opt.weight_decay) == ('SGD', 0.8, 0.9, True, 1e-4)
+    assert cfg.train_cfg.max_epochs == 160
+
+
 @pytest.mark.parametrize('method', METHODS)
 def test_resnet32_k4_models_build_with_the_published_cuts(method):
-    init_default_scope('localvision')
-    model = MODELS.build(cfg_of(32, method, 4).model)
+    init_default_scope('mmpretrain')
+    from mmpretrain.registry import MODELS
+    cfg = cfg_of(32, method, 4)
+    model = MODELS.build(dict(cfg.model, data_preprocessor=cfg.data_preprocessor))
     assert model.backbone.cuts == [model.backbone.seq.index_of(c) for c in [(1, 2), (2, 1), (3, 0)]]
     if method.startswith('infopro'):
         assert [(o.lambda_recon, o.lambda_task) for o in model.objectives] == [(6, 0), (3.5, 1), (1, 2)]

@@ -17,8 +17,9 @@ CASES = [
     ('configs/seg/deeplab_infopro_k4_demo.py', 'SyntheticSegDataset', 'make_demo_data.py seg'),
     ('configs/det/retinanet_r50_infopro_k2.py', 'CocoDataset', 'cocodataset.org'),
     ('configs/det/retinanet_r18_infopro_k2_demo.py', 'ShapesDetDataset', 'make_demo_data.py det'),
-    ('configs/cls/cifar_resnet32_greedy_k2.py', 'CIFAR10Dataset', 'cifar-10-python.tar.gz'),
-    ('configs/cls/cifar_resnet32_shapes_greedy_k4.py', 'ImageFolderDataset', 'make_demo_data.py cls'),
+    ('configs/cls/cifar_resnet32_greedy_k2.py', 'CIFAR10', 'cifar-10-python.tar.gz'),
+    ('configs/cls/cifar_resnet32_shapes_greedy_k4.py', 'CustomDataset', 'make_demo_data.py cls'),
+    ('configs/cls/imagenet_resnet101_infopro_k2.py', 'ImageNet', "mmpretrain's ImageNet reads it"),
 ]
 
 
@@ -62,10 +63,46 @@ def test_required_paths_follow_mmengine_joining_and_wrappers():
                                   ('img folder', 'data/coco/train2017/')]
     assert required_paths(dict(data_root='/d', data_prefix='train')) == [('data root', '/d'),
                                                                          ('img_path folder', '/d/train')]
-    wrapped = dict(type='RepeatDataset', times=2, dataset=dict(type='CIFAR10Dataset', data_root='/nonexistent/c'))
-    with pytest.raises(MissingDataError, match='CIFAR10Dataset of train_dataloader: data root /nonexistent/c'):
+    wrapped = dict(type='RepeatDataset', times=2, dataset=dict(type='CIFAR10', data_root='/nonexistent/c'))
+    with pytest.raises(MissingDataError, match='CIFAR10 of train_dataloader: data root /nonexistent/c'):
         from localvision.utils.data_check import check_dataset
         check_dataset(wrapped, 'train_dataloader')
+
+
+def test_mmpretrain_data_sets_name_the_folders_they_read():
+    # CIFAR: the python batches inside the root; ImageNet / CustomDataset with a split: its folder
+    assert required_paths(dict(type='CIFAR10', data_root='data/cifar10', split='train', download=False)) == [
+        ('data root', 'data/cifar10'), ('cifar-10-batches-py folder', 'data/cifar10/cifar-10-batches-py')]
+    assert required_paths(dict(type='CIFAR100', data_root='/c', data_prefix='x'))[-1] == (
+        'cifar-100-python folder', '/c/x/cifar-100-python')
+    assert required_paths(dict(type='ImageNet', data_root='data/imagenet', split='val')) == [
+        ('data root', 'data/imagenet'), ('img_path folder', 'data/imagenet/val')]
+    assert required_paths(dict(type='ImageNet', data_root='/i', split='val', data_prefix='v2'))[-1] == (
+        'img_path folder', '/i/v2')
+    assert required_paths(dict(type='CustomDataset', data_root='/d', split='train'))[-1] == ('img_path folder',
+                                                                                          '/d/train')
+
+
+def test_cifar_without_its_batches_is_reported_before_mmpretrain_could_download_it(tmp_path):
+    cfg = load_config(osp.join(ROOT, 'configs/cls/cifar_resnet32_e2e.py'),
+                      {'train_dataloader.dataset.data_root': str(tmp_path)})
+    with pytest.raises(MissingDataError) as e:
+        check_data(cfg, 'train')
+    msg = str(e.value)
+    assert msg.startswith(f'CIFAR10 of train_dataloader: cifar-10-batches-py folder {tmp_path}/cifar-10-batches-py '
+                          'does not exist; download and unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz')
+    assert '\n' not in msg
+
+
+def test_imagenet_without_its_val_folder_says_where_to_put_it(tmp_path):
+    cfg = load_config(osp.join(ROOT, 'configs/cls/imagenet_deit_small_greedy_k4.py'),
+                      {f'{s}_dataloader.dataset.data_root': str(tmp_path) for s in ('train', 'val')})
+    (tmp_path / 'train').mkdir()
+    with pytest.raises(MissingDataError) as e:
+        check_data(cfg, 'train')
+    msg = str(e.value)
+    assert msg.startswith(f'ImageNet of val_dataloader: img_path folder {tmp_path}/val does not exist; get ILSVRC2012')
+    assert '<root>/val/*.JPEG' in msg and 'meta/{train,val}.txt' in msg and '\n' not in msg
 
 
 def test_a_generated_set_elsewhere_is_generated_there(tmp_path):
