@@ -131,7 +131,7 @@ def export(cfg, checkpoint: str, out: str, out_config: Optional[str] = None) -> 
     name, kwargs = timm_arguments(model)
     out_config = out_config or out.rsplit('.', 1)[0] + '_config.json'
     record = dict(stock=timm_command(name, kwargs, out), model_name=name, kwargs=kwargs,
-                  data_preprocessor=cfg.model.to_dict().get('data_preprocessor'),
+                  data_preprocessor=cfg.model.to_dict().get('data_preprocessor') or cfg.to_dict().get('data_preprocessor'),
                   note='the model takes images normalised as data_preprocessor does (mean / std of 0-255 pixels)')
     with open(out_config, 'w') as f:
         json.dump(record, f, indent=2, default=repr)

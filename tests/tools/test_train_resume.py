@@ -137,7 +137,7 @@ def test_ctrl_c_stops_after_the_iteration_and_resume_ends_like_the_uninterrupted
     train_tool.train(cfg_for(whole))
     cfg = cfg_for(work)
     assert cfg.train_cfg.type == 'LocalEpochBasedTrainLoop'
-    cfg.custom_hooks = [dict(type='CtrlCAfter', iters=6)]  # 4 iterations per epoch: 2 into epoch 2
+    cfg.custom_hooks = [dict(type='localvision.CtrlCAfter', iters=6)]  # 4 iterations per epoch: 2 into epoch 2
     with pytest.raises(SystemExit) as exc:
         train_tool.train(cfg)
     assert exc.value.code == 130
