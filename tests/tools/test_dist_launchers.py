@@ -82,8 +82,8 @@ class FailOnRank1(Hook):
             raise RuntimeError("rank 1 failed on purpose")
 ''')
     cfg = tiny_config(tmp_path / 'fail.py', tiny_cls_root, 1, extra=(
-        "custom_imports = dict(imports=['localvision.utils.setup_env', 'failing_hook'], allow_failed_imports=False)\n"
-        "custom_hooks = [dict(type='FailOnRank1')]\n"))
+        "custom_imports = dict(imports=['localvision.utils.setup_env', 'localvision.cls', 'failing_hook'], allow_failed_imports=False)\n"
+        "custom_hooks = [dict(type='localvision.FailOnRank1')]\n"))
     os.environ['PYTHONPATH'] = f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"
     try:
         t0 = time.time()
