@@ -94,12 +94,7 @@ class LocalDetectorMixin(LocalLearningModel):
         return self._objectives_read_masks()
 
     def _objectives_read_masks(self) -> bool:
-        objectives = getattr(self, 'objectives', None)
-        if objectives is None:  # still resolving the split: ask the config
-            cfgs = self._local_objective_cfg
-            cfgs = cfgs if isinstance(cfgs, (list, tuple)) else [cfgs]
-            return any(isinstance(c, dict) and float(c.get('mask_weight') or 0) > 0 for c in cfgs)
-        return any(getattr(o, 'mask_weight', 0) > 0 for o in objectives)
+        return any(float(c.get('mask_weight') or 0) > 0 for c in self.objective_cfgs)
 
     def task_targets(self, data_samples: list, device: torch.device) -> Optional[list]:
         """Per image ``(boxes (n, 4), labels (n,))``, plus ``masks`` (n, H, W) uint8 at the batch
@@ -195,7 +190,6 @@ class LocalSingleStageDetector(LocalDetectorMixin, SingleStageDetector):
         self.bbox_head = MODELS.build(bbox_head)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
-        self._local_objective_cfg = local_objective
         self.init_units(local_objective, context, self.bbox_head.num_classes)
 
     def _task_modules(self) -> List[nn.Module]:
@@ -238,7 +232,6 @@ class LocalTwoStageDetector(LocalDetectorMixin, TwoStageDetector):
         self.roi_head = MODELS.build(roi_head)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
-        self._local_objective_cfg = local_objective
         self.init_units(local_objective, context, self.roi_head.bbox_head.num_classes)
 
     def _task_modules(self) -> List[nn.Module]:

@@ -121,6 +121,7 @@ class LocalLearningModel(metaclass=ABCMeta):
             if bb.grad_checkpointing:  # the objectives' decoders follow the backbone unless told otherwise
                 cfgs = [dict(c, grad_checkpointing=c.get('grad_checkpointing', True)) if
                         _takes(c.get('type'), 'grad_checkpointing') else c for c in cfgs]
+            self.objective_cfgs: List[dict] = cfgs  # what the adapter may read while the split is profiled
             heads = [m for h in self._heads for m in h.modules]
             bb.resolve_split(exit_loss=self._exit_cost_fn(cfgs), tail_loss=self._tail_cost_fn(),
                              extra_modules=heads)
