@@ -24,17 +24,12 @@ contour tracing) are used; nothing is downloaded.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import List, Tuple, Union
 
 import numpy as np
-from PIL import Image
 
-from .synthetic_det import DET_CLASSES, DET_PALETTE, _sample_seed, render_det_sample
+from .synthetic_det import DET_CLASSES, DET_PALETTE, render_det_sample, write_coco_set
 
 __all__ = ['INST_CLASSES', 'INST_PALETTE', 'DEMO_INST_DIRNAME', 'DEMO_INST_COMMAND', 'make_shapes_instances',
            'render_inst_sample', 'mask_to_polygons']
@@ -109,45 +104,11 @@ def make_shapes_instances(root: Union[str, Path], num_train: int = 800, num_val:
 
     An existing set made with the same arguments is kept as it is (unless ``overwrite``).
     """
-    if image_size < 32:
-        raise ValueError(f'image_size={image_size} is too small; use at least 32')
-    if num_train < 1 or num_val < 1:
-        raise ValueError('num_train and num_val must be at least 1')
-    root = Path(root)
+    def render(rng: np.random.Generator, size: int):
+        img, objects = render_inst_sample(rng, size)
+        return img, [dict(category_id=cls + 1, bbox=[x1, y1, x2 - x1, y2 - y1], area=area, segmentation=polys,
+                          iscrowd=0) for cls, (x1, y1, x2, y2), polys, area in objects]
     meta = dict(generator='shapes_instances', version=GENERATOR_VERSION, classes=list(INST_CLASSES),
                 num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-    meta_path = root / 'meta.json'
-    if meta_path.is_file() and not overwrite:
-        try:
-            if json.loads(meta_path.read_text()) == meta:
-                return root
-        except ValueError:
-            pass
-    tmp = root.parent / f'.{root.name}.tmp-{uuid.uuid4().hex[:8]}'
-    categories = [dict(id=i + 1, name=n, supercategory='shape') for i, n in enumerate(INST_CLASSES)]
-    try:
-        (tmp / 'annotations').mkdir(parents=True)
-        for split, n in (('train', num_train), ('val', num_val)):
-            (tmp / 'images' / split).mkdir(parents=True)
-            images, anns = [], []
-            for i in range(n):
-                rng = np.random.default_rng(_sample_seed(seed, split, i))
-                img, objects = render_inst_sample(rng, image_size)
-                name = f'{i:05d}.png'
-                Image.fromarray(img).save(tmp / 'images' / split / name)
-                images.append(dict(id=i + 1, file_name=name, width=image_size, height=image_size))
-                for cls, (x1, y1, x2, y2), polys, area in objects:
-                    anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=cls + 1,
-                                     bbox=[x1, y1, x2 - x1, y2 - y1], area=area, segmentation=polys, iscrowd=0))
-            coco = dict(info=dict(description=f'localvision shapes instances ({split})', version=GENERATOR_VERSION),
-                        images=images, annotations=anns, categories=categories)
-            (tmp / 'annotations' / f'instances_{split}.json').write_text(json.dumps(coco))
-        (tmp / 'meta.json').write_text(json.dumps(meta, indent=2))
-        if root.exists():
-            shutil.rmtree(root)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return write_coco_set(root, meta, INST_CLASSES, num_train, num_val, image_size, seed, render,
+                          'localvision shapes instances', GENERATOR_VERSION, overwrite)
