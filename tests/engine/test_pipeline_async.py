@@ -24,7 +24,7 @@ def test_async_bounded_queue_throttles_upstream_and_training_progresses(tiny_cls
         pipeline=f"dict(schedule='async', micro_batches=4, queue_size={Q}, step_every=1)",
         model_extra=", local_objective=[dict(type='Greedy', head=dict(type='PoolLinearHead')), "
                     "dict(type='Greedy', head=dict(type='TestSlowHead', delay=0.03))]",
-        extra="custom_imports = dict(imports=['localvision.utils.setup_env', 'pipeline_helpers'], "
+        extra="custom_imports = dict(imports=['localvision.utils.setup_env', 'localvision.cls', 'pipeline_helpers'], "
               "allow_failed_imports=False)")
     work = str(tmp_path / 'work')
     spawn(cfg, work, 3)

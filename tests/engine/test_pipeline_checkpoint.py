@@ -46,7 +46,7 @@ def test_checkpoint_layout_and_export(uninterrupted, tmp_path):
     stage_keys = [set(load_torch(osp.join(root, 'iter_4', f'stage{k}.pth'))['state_dict']) for k in range(2)]
     assert not stage_keys[0] & stage_keys[1] and stage_keys[0] | stage_keys[1] == set(manifest['keys'])
     assert any(k.startswith('objectives.0.') for k in stage_keys[0])
-    assert any(k.startswith('backbone.model.fc.') for k in stage_keys[1])
+    assert any(k.startswith('head.fc.') for k in stage_keys[1])  # the mmpretrain head, trained by the last stage
     # the command-line export of an intermediate checkpoint; tools/test.py evaluates the final export
     out = str(tmp_path / 'iter4.pth')
     from localvision.engine.pipeline.checkpoint import main as export_main

@@ -51,7 +51,7 @@ def test_a_failing_module_stops_every_rank_within_seconds(tiny_cls_root, tmp_pat
         model_extra=", local_objective=[dict(type='Greedy', head=dict(type='PoolLinearHead')), "
                     f"dict(type='Greedy', head=dict(type='TestFailingHead', fail_at=6, stamp='{stamp}', "
                     f"die={die}))]",
-        extra="custom_imports = dict(imports=['localvision.utils.setup_env', 'pipeline_helpers'], "
+        extra="custom_imports = dict(imports=['localvision.utils.setup_env', 'localvision.cls', 'pipeline_helpers'], "
               "allow_failed_imports=False)")
     outs, codes, end = _launch(cfg, str(tmp_path / 'work'), 3)
     assert stamp.exists(), outs

@@ -30,7 +30,7 @@ def _config(tmp_path, data_root, **kwargs):
         tmp_path / 'cfg.py', data_root, cuts=(5,), epochs=3, **kwargs,
         model_extra=", local_objective=dict(_delete_=True, type='Greedy', "
                     "head=dict(type='TestSlowHead', delay=0.15))",
-        extra="custom_imports = dict(imports=['localvision.utils.setup_env', 'pipeline_helpers'], "
+        extra="custom_imports = dict(imports=['localvision.utils.setup_env', 'localvision.cls', 'pipeline_helpers'], "
               "allow_failed_imports=False)\n"
               "default_hooks = dict(logger=dict(interval=1), "
               "checkpoint=dict(by_epoch=False, interval=1000, max_keep_ckpts=-1))\n"
