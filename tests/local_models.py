@@ -122,7 +122,7 @@ def seg_cfg(k: int) -> dict:
         backbone=dict(type='StagedTimm', model_name='resnet18d', output_stride=8, out_stages=(1, 2, 3, 4)),
         split=dict(num_modules=k, strategy='equal', input_size=(3, SIZE, SIZE)),
         local_objective=dict(type='InfoProSeg', head=dict(type='SegAuxHead', channels=8, dropout=0.0),
-                             decoder=dict(type='SegReconDecoder', widths=(8, 8, 4))),
+                             decoder=dict(type='ProgressiveDecoder', widths=(8, 8, 4))),
         decode_head=dict(type='ASPPHead', in_index=3, channels=8, dilations=(1, 2), dropout_ratio=0.0,
                          num_classes=4, norm_cfg=BN, align_corners=False),
         auxiliary_head=dict(type='FCNHead', in_index=2, channels=8, num_convs=1, concat_input=False,

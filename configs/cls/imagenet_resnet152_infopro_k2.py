@@ -3,19 +3,12 @@
 # block of layer2 (stage 2, block 5), module 1 trained by 5 * L_recon + 1 * L_task (the
 # published --ixx_r / --ixy_r); recipe of imagenet_resnet152_e2e.py.
 #
-# Auxiliary nets. The papers' ImageNet head is four conv-BN-ReLU (1x1 to 128, 3x3 s2 to 256,
-# 3x3 s2 to 512, 1x1 to 2048), pool, FC; its decoder conv1x1 (C -> 128), then three x2 upsamples
-# with conv3x3 128 -> 32 -> 12 -> 3. Neither is expressible with the aux heads of
-# localvision/models/objectives: the closest are used:
-# - head: DGLHead (conv3x3-BN-ReLU layers, pool, one FC): two 3x3 convs of 128 channels
-#   (in_channels * 0.25) at the module's resolution, global pool, FC; no strides, no 2048 widening;
-# - decoder: ReconDecoder (the CIFAR decoder: bilinear upsample to 224x224 first, conv3x3 -> 12,
-#   conv3x3 -> 3), which keeps the upsampled 512-channel map at full resolution and so costs far
-#   more activation memory than the papers' decoder. The papers' decoder is SegReconDecoder
-#   (localvision.seg), which cannot be used here without importing mmseg.
+# Auxiliary nets as in the papers' ImageNet code: the head (ConvPoolHead's defaults) is conv1x1 to
+# 128, conv3x3 stride 2 to 256, conv3x3 stride 2 to 512, conv1x1 to 2048, pool, FC; the decoder
+# (ProgressiveDecoder's defaults) conv1x1 (C -> 128), then three x2 upsamples with conv3x3
+# 128 -> 32 -> 12 -> 3, back to 224x224 from the cut's stride 8.
 _base_ = ['./imagenet_resnet152_e2e.py']
 model = dict(
     split=dict(cuts=[(2, 5)]),
     local_objective=dict(type='InfoPro', loss_mode='softmax', lambda_recon=5, lambda_task=1,
-                         head=dict(type='DGLHead', num_convs=2, width_mult=0.25, pool_size=1),
-                         decoder=dict(type='ReconDecoder')))
+                         head=dict(type='ConvPoolHead'), decoder=dict(type='ProgressiveDecoder')))

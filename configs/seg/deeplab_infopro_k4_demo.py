@@ -27,7 +27,7 @@ model = dict(
     local_objective=dict(type='InfoProSeg', lambda_recon=(1.5, 0.5), lambda_task=(1.0, 2.0),
                          # auxiliary nets narrowed to this thin backbone (the paper's 512/128 suit ResNet-101)
                          head=dict(type='SegAuxHead', channels=32),
-                         decoder=dict(type='SegReconDecoder', widths=(32, 16, 8))),
+                         decoder=dict(type='ProgressiveDecoder', widths=(32, 16, 8))),
     decode_head=dict(channels=64, dilations=(1, 2, 4, 6), num_classes=num_classes, norm_cfg=norm_cfg),
     auxiliary_head=dict(channels=32, num_classes=num_classes, norm_cfg=norm_cfg),
     test_cfg=dict(mode='whole'),

@@ -7,9 +7,9 @@ Configs pull this in with ``custom_imports=dict(imports=['localvision.det'])``;
 from .datasets import CheckedCocoDataset, ShapesDetDataset, ShapesInstDataset, check_coco_annotations
 from .losses import LowMemFocalLoss
 from .local_detector import LocalDetectorMixin, LocalSingleStageDetector, LocalTwoStageDetector
-from .objectives import DenseDetAuxHead, DetGreedy, DetReconDecoder, InfoProDet
+from .objectives import DenseDetAuxHead, DetGreedy, InfoProDet
 from .simple_pyramid import SimplePyramid
 
 __all__ = ['LocalDetectorMixin', 'LocalSingleStageDetector', 'LocalTwoStageDetector', 'InfoProDet',
-           'DetGreedy', 'DenseDetAuxHead', 'DetReconDecoder', 'SimplePyramid', 'CheckedCocoDataset',
+           'DetGreedy', 'DenseDetAuxHead', 'SimplePyramid', 'CheckedCocoDataset',
            'ShapesDetDataset', 'ShapesInstDataset', 'check_coco_annotations', 'LowMemFocalLoss']

@@ -12,8 +12,8 @@
   and *which class*, at the module's resolution. A global classifier (greedy SL for
   classification) would throw the positions away, and a classifier on box crops (RoIAlign on
   each GT box) teaches the class but not localisation and costs a RoI pass per box;
-- ``L_recon``: a decoder (:class:`DetReconDecoder`: conv1x1 to 64 channels, x2 upsamples with
-  conv3x3 down to ``target_stride``) predicts the un-normalised image in [0, 1] at
+- ``L_recon``: a decoder (:class:`~localvision.models.objectives.ProgressiveDecoder`: conv1x1 to
+  64 channels, x2 upsamples with conv3x3, widths halved, down to ``recon_stride``) predicts the un-normalised image in [0, 1] at
   ``1/target_stride`` of the input (default 1/4: at 512x512 reconstructing the full image from
   a 2048-channel map would cost more memory than the module itself), sigmoid + BCE.
 
@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from localvision.models.objectives.base import LocalContext
-from localvision.models.objectives.decoders import StagedDecoder
+from localvision.models.objectives.decoders import ProgressiveDecoder
 from localvision.models.objectives.infopro import InfoProBase
 from localvision.registry import AUX_HEADS, OBJECTIVES
 
@@ -96,44 +96,6 @@ class DenseDetAuxHead(nn.Module):
         if self.mask is None:
             return self.cls(x), self.reg(x)
         return self.cls(x), self.reg(x), self.mask(x)
-
-
-@AUX_HEADS.register_module()
-class DetReconDecoder(StagedDecoder):
-    """Reconstruction decoder for detection: conv1x1 (C -> ``width``) - BN - ReLU, then one
-    (x2 bilinear upsample, conv3x3 - BN - ReLU) per octave from the map's stride down to
-    ``target_stride`` (width halved each time, at least 16), then conv3x3 to the image channels.
-
-    ``forward(x, size)`` returns logits at ``size`` (the image at 1/target_stride), resized
-    bilinearly when the octaves do not land exactly on it.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int = 3, width: int = 64, in_stride: int = 4,
-                 target_stride: int = 4) -> None:
-        super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width),
-                                    nn.ReLU(inplace=True))
-        ups = []
-        c = width
-        steps = max(int(round(math.log2(max(in_stride, 1) / max(target_stride, 1)))), 0)
-        for _ in range(steps):
-            c2 = max(c // 2, 16)
-            ups.append(nn.Sequential(nn.Conv2d(c, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2),
-                                     nn.ReLU(inplace=True)))
-            c = c2
-        self.ups = nn.ModuleList(ups)
-        self.out = nn.Conv2d(c, out_channels, 3, padding=1)
-
-    def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
-        x = self.run_stage(self.reduce, x, self.reduce)
-        for up in self.ups:
-            x = self.run_stage(lambda x, up=up: up(F.interpolate(x, scale_factor=2, mode='bilinear',
-                                                                 align_corners=False)), x, up)
-        x = self.out(x)
-        size = tuple(int(s) for s in size)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-        return x
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -201,7 +163,8 @@ class InfoProDet(InfoProBase):
         lambda_recon / lambda_task: weight of each term: a number, ``(first, last)`` local
             module (interpolated), or a list of K-1 numbers (see ``scheduled_value``).
         head: dense detection head config (default :class:`DenseDetAuxHead`).
-        decoder: reconstruction decoder config (default :class:`DetReconDecoder`).
+        decoder: reconstruction decoder config (default :class:`~localvision.models.objectives.ProgressiveDecoder`
+            with ``widths`` from the module's stride: 64, halved per x2 step down to ``recon_stride``).
         min_stride: maps finer than this are average-pooled to it before the detection head
             (a stride-4 map at 512x512 costs a lot for little gain).
         recon_stride: the reconstruction target is the image at 1/recon_stride.
@@ -217,13 +180,14 @@ class InfoProDet(InfoProBase):
                  recon_stride: int = 4, box_weight: float = 1.0, mask_weight: float = 0.0,
                  center_radius: float = 1.5, image_channels: int = 3, **kwargs) -> None:
         fill = {}
-        if decoder is None or decoder.get('type') == 'DetReconDecoder':
-            fill = dict(in_stride=kwargs.get('in_stride', 1), target_stride=int(recon_stride))
+        decoder = dict(decoder or dict(type='ProgressiveDecoder'))
+        if decoder.get('type') == 'ProgressiveDecoder' and 'widths' not in decoder:
+            fill = dict(widths=ProgressiveDecoder.octave_widths(64, kwargs.get('in_stride', 1), int(recon_stride)))
         head = dict(head or dict(type='DenseDetAuxHead'))
         if float(mask_weight) > 0 and head.get('type', 'DenseDetAuxHead') == 'DenseDetAuxHead':
             head.setdefault('mask_channels', num_classes)
         super().__init__(in_channels, num_classes, lambda_recon, lambda_task,
-                         head=head, decoder=decoder or dict(type='DetReconDecoder'),
+                         head=head, decoder=decoder,
                          image_channels=image_channels, decoder_fill=fill, **kwargs)
         self.mask_weight = float(mask_weight)
         self.min_stride = int(min_stride)

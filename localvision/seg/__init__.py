@@ -6,7 +6,7 @@ Configs pull this in with ``custom_imports=dict(imports=['localvision.seg'])``;
 """
 from .datasets import SyntheticSegDataset, check_label_files
 from .local_encoder_decoder import LocalEncoderDecoder
-from .objectives import InfoProSeg, SegAuxHead, SegGreedy, SegReconDecoder
+from .objectives import InfoProSeg, SegAuxHead, SegGreedy
 
-__all__ = ['LocalEncoderDecoder', 'InfoProSeg', 'SegGreedy', 'SegAuxHead', 'SegReconDecoder',
+__all__ = ['LocalEncoderDecoder', 'InfoProSeg', 'SegGreedy', 'SegAuxHead',
            'SyntheticSegDataset', 'check_label_files']

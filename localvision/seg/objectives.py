@@ -6,8 +6,8 @@ of module k is ``lambda_recon * L_recon + lambda_task * L_seg`` where
 - ``L_seg``: pixel-wise cross-entropy of an auxiliary segmentation head
   (:class:`SegAuxHead`: conv3x3 (C -> 512) - BN - ReLU - Dropout2d(0.1) - conv1x1 (-> classes)),
   its logits bilinearly upsampled to the label size, ``ignore_index`` pixels left out;
-- ``L_recon``: a decoder (:class:`SegReconDecoder`: conv1x1 (C -> 128), then three x2 upsamples
-  with conv3x3 128 -> 32 -> 12 -> 3) predicts the un-normalised image in [0, 1]
+- ``L_recon``: a decoder (:class:`~localvision.models.objectives.ProgressiveDecoder`: conv1x1 (C -> 128), then
+  three x2 upsamples with conv3x3 128 -> 32 -> 12 -> 3) predicts the un-normalised image in [0, 1]
   (sigmoid + BCE against ``ctx.image01()``).
 
 ``SegGreedy`` is the same objective without the reconstruction term (greedy supervised local
@@ -22,7 +22,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from localvision.models.objectives.base import LocalContext
-from localvision.models.objectives.decoders import StagedDecoder
 from localvision.models.objectives.infopro import InfoProBase
 from localvision.registry import AUX_HEADS, OBJECTIVES
 
@@ -53,48 +52,6 @@ class SegAuxHead(nn.Module):
         return self.cls(self.drop(self.act(self.bn(self.conv(x)))))
 
 
-@AUX_HEADS.register_module()
-class SegReconDecoder(StagedDecoder):
-    """InfoPro's segmentation decoder: conv1x1 (C -> 128) - BN - ReLU, then three times
-    (x2 bilinear upsample, conv3x3 - BN - ReLU) through 32 and 12 channels to the image channels.
-
-    Returns logits of the image in [0, 1] at ``size``. A x2 step is taken only while the map is
-    smaller than ``size`` (a module at output stride 4 or 1 is not upsampled past the image, which
-    would cost memory for nothing); the result is resized bilinearly to ``size`` when the steps do
-    not land on it exactly (e.g. output stride 16).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int = 3, widths: Sequence[int] = (128, 32, 12),
-                 width_mult: float = 1.0) -> None:
-        super().__init__()
-        w = [max(int(round(c * width_mult)), 1) for c in widths]
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, w[0], 1, bias=False), nn.BatchNorm2d(w[0]),
-                                    nn.ReLU(inplace=True))
-        chans = list(w) + [out_channels]
-        ups = []
-        for i in range(3):
-            cin, cout = chans[i], chans[i + 1]
-            if i < 2:
-                ups.append(nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                         nn.ReLU(inplace=True)))
-            else:
-                ups.append(nn.Conv2d(cin, cout, 3, padding=1))
-        self.ups = nn.ModuleList(ups)
-
-    def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
-        x = self.run_stage(self.reduce, x, self.reduce)
-        size = tuple(int(s) for s in size)
-        for up in self.ups:
-            def stage(x: Tensor, up: nn.Module = up) -> Tensor:
-                if x.shape[-2] < size[0] or x.shape[-1] < size[1]:
-                    x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
-                return up(x)
-            x = self.run_stage(stage, x, up)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-        return x
-
-
 @OBJECTIVES.register_module()
 class InfoProSeg(InfoProBase):
     """InfoPro for segmentation: ``lambda_recon * L_recon + lambda_task * L_seg``.
@@ -104,7 +61,7 @@ class InfoProSeg(InfoProBase):
             module (interpolated), or a list of K-1 numbers (see ``scheduled_value``). The
             paper's K=2 Cityscapes setting is ``lambda_recon=1.5, lambda_task=1``.
         head: auxiliary segmentation head config (default :class:`SegAuxHead`).
-        decoder: reconstruction decoder config (default :class:`SegReconDecoder`).
+        decoder: reconstruction decoder config (default :class:`~localvision.models.objectives.ProgressiveDecoder`).
         ignore_index: label value left out of the loss (255).
         image_channels: channels of the reconstructed image.
     """
@@ -113,7 +70,7 @@ class InfoProSeg(InfoProBase):
                  head: Optional[dict] = None, decoder: Optional[dict] = None, ignore_index: int = 255,
                  image_channels: int = 3, align_corners: bool = False, **kwargs) -> None:
         super().__init__(in_channels, num_classes, lambda_recon, lambda_task, head=head or dict(type='SegAuxHead'),
-                         decoder=decoder or dict(type='SegReconDecoder'), image_channels=image_channels, **kwargs)
+                         decoder=decoder or dict(type='ProgressiveDecoder'), image_channels=image_channels, **kwargs)
         self.ignore_index = ignore_index
         self.align_corners = align_corners
 

@@ -38,6 +38,16 @@ def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optiona
     return cfg
 
 
+def model_config(cfg: Config):
+    """A copy of ``cfg.model`` with the top-level ``data_preprocessor`` merged in, as mmengine's
+    Runner does before it builds the model (mmpretrain's configs keep it there, with the
+    ``num_classes`` that Mixup / CutMix need)."""
+    m = cfg.model.copy()
+    if cfg.get('data_preprocessor') is not None:
+        m.setdefault('data_preprocessor', cfg.data_preprocessor)
+    return m
+
+
 # what a config's task needs beyond localvision's core, and how to get it
 TASK_PACKAGES = {
     'mmpretrain': "classification: pip install -e '.[cls]' and mmcv's Python part (pip install mmcv-lite==2.1.0, "

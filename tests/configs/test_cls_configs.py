@@ -21,6 +21,8 @@ from mmengine.config import Config
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 
+from localvision.utils.config import model_config
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'cls', '*.py')))
 EXAMPLE = osp.join(ROOT, 'configs', 'cls', 'resnet50_infopro_k4_from_mmpretrain.py')
@@ -41,9 +43,7 @@ def shrunk(cfg: Config) -> tuple:
     """``(model config, image size)``: the config's model with the data preprocessor the Runner
     would merge in, its inputs shrunk to 32 px images (an ImageNet ResNet ends at 1x1; a ViT keeps
     its patch size, so 2x2 tokens)."""
-    m = cfg.model.copy()
-    if cfg.get('data_preprocessor') is not None:
-        m.setdefault('data_preprocessor', cfg.data_preprocessor)  # as mmengine's Runner does
+    m = model_config(cfg)  # with the data preprocessor, as mmengine's Runner merges it in
     size = m.get('split', {}).get('input_size', (3, 224, 224))[-1]
     size = min(size, 32)
     m.split = dict(m.get('split') or {}, input_size=(3, size, size))

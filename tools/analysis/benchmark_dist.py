@@ -49,6 +49,7 @@ def parse_args(argv=None):
 
 def _worker(rank: int, args, port: int, out_file: str) -> None:
     from localvision.engine import LocalDistributedDataParallel
+    from localvision.utils.config import model_config
     from localvision.utils.setup_env import register_all_modules
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     cuda = torch.cuda.is_available()
@@ -69,7 +70,7 @@ def _worker(rank: int, args, port: int, out_file: str) -> None:
     batch = {k: v[rank * per_rank:(rank + 1) * per_rank] for k, v in batch.items()}
     variants = []
     for k in args.ks:
-        c = copy.deepcopy(cfg.model)
+        c = copy.deepcopy(model_config(cfg))
         c.split.update(cuts=None, num_modules=k, strategy=c.split.get('strategy', 'balanced'))
         torch.manual_seed(0)
         model = MODELS.build(c).to(device).train()

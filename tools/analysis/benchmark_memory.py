@@ -50,6 +50,7 @@ from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 
 import localvision.engine  # noqa: E402,F401  (registers MixedPrecisionOptimWrapper)
+from localvision.utils.config import model_config  # noqa: E402
 from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: E402
 
 
@@ -284,7 +285,7 @@ def run(argv=None) -> List[dict]:
     results = []
     for name, vcfg in variants.items():
         torch.manual_seed(0)
-        model = MODELS.build(vcfg.model)
+        model = MODELS.build(model_config(vcfg))
         desc = model.backbone.describe() if hasattr(model, 'backbone') and hasattr(model.backbone, 'describe') else ''
         model.to(device).train()
         ow = build_optim_wrapper(model, vcfg.optim_wrapper)

@@ -28,7 +28,8 @@ part that fails, times out or is skipped never stops the others), within one tim
    from), and a small ``LocalImageClassifier`` (K=2, InfoPro) built through mmpretrain's ``MODELS``
    trains one step on mmpretrain ``DataSample``s;
 3. ``benchmark_resnet101`` / ``benchmark_deit_s``: ``benchmark_memory.py`` on ResNet-101 and
-   DeiT-S (``deit_small_patch16_224``) at 224x224, batch 32: E2E vs K=2 vs K=4 (InfoPro,
+   DeiT-S (``deit_small_patch16_224``) at 224x224, batch 32: E2E vs K=2 vs K=4 (InfoPro with the
+   papers' ImageNet aux nets ``ConvPoolHead`` and ``ProgressiveDecoder``,
    ``balanced`` split; and K=4 with the ``equal`` split for context) side by side,
    ``torch.cuda.max_memory_allocated``;
 4. ``benchmark_resnet110`` / ``benchmark_vit_s16``: E2E vs K=4 with and without activation
@@ -337,6 +338,8 @@ CIFAR_PRE = dict(type='ClsDataPreprocessor', mean=[125.307, 122.961, 113.8575], 
 SGD = dict(type='SGD', lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
 ADAMW = dict(type='AdamW', lr=5e-4, weight_decay=0.05)
 INFOPRO = dict(type='InfoPro', lambda_recon=(5, 1), lambda_task=(1, 1))
+# at 224x224: the aux nets of the papers' ImageNet code (as configs/cls/imagenet_*_infopro_*.py)
+INFOPRO_IN1K = dict(INFOPRO, head=dict(type='ConvPoolHead'), decoder=dict(type='ProgressiveDecoder'))
 
 # name: (full size, tiny size (CPU dry run)); each a cls_config(...) keyword set
 CLS_MODELS = {
@@ -355,11 +358,12 @@ CLS_MODELS = {
              objective=dict(type='Greedy', head=dict(type='PoolLinearHead')),
              optimizer=dict(ADAMW, lr=1e-3), clip_grad=dict(max_norm=1.0))),
     'resnet101': (
-        dict(model_name='resnet101', num_classes=1000, input_size=(3, 224, 224), objective=INFOPRO, optimizer=SGD),
+        dict(model_name='resnet101', num_classes=1000, input_size=(3, 224, 224), objective=INFOPRO_IN1K,
+             optimizer=SGD),
         dict(model_name='resnet18', num_classes=10, input_size=(3, 64, 64), objective=INFOPRO, optimizer=SGD)),
     'deit_s': (
-        dict(model_name='deit_small_patch16_224', num_classes=1000, input_size=(3, 224, 224), objective=INFOPRO,
-             optimizer=ADAMW),
+        dict(model_name='deit_small_patch16_224', num_classes=1000, input_size=(3, 224, 224),
+             objective=INFOPRO_IN1K, optimizer=ADAMW),
         dict(model_name='deit_tiny_patch16_224', num_classes=10, input_size=(3, 32, 32),
              backbone=dict(img_size=32, patch_size=8), objective=INFOPRO, optimizer=ADAMW)),
 }

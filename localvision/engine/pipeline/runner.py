@@ -57,7 +57,8 @@ def _quiet():
 def build_model(cfg) -> torch.nn.Module:
     """The task model as ordinary training builds it (registry, then ``init_weights``)."""
     from mmengine.registry import MODELS
-    model = MODELS.build(cfg.model)
+    from localvision.utils.config import model_config
+    model = MODELS.build(model_config(cfg))
     if hasattr(model, 'init_weights'):
         with _quiet():  # mmengine's per-parameter initialisation report: thousands of lines
             model.init_weights()

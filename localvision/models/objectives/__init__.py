@@ -1,13 +1,14 @@
 """Local objectives (registered in ``localvision.registry.OBJECTIVES``) and their aux heads."""
-from .aux_heads import ConvFCHead, PoolLinearHead
+from .aux_heads import ConvFCHead, ConvPoolHead, PoolLinearHead
 from .base import (LocalContext, LocalObjective, build_aux_head, build_objective, per_module_configs, pixel_stats,
                    registered_objectives, scheduled_value)
 from .contrastive import supervised_contrastive_loss
-from .decoders import ReconDecoder
+from .decoders import ProgressiveDecoder, ReconDecoder
 from .dgl import DGLHead, DGL
 from .greedy import Greedy
 from .infopro import InfoPro
 
 __all__ = ['LocalContext', 'LocalObjective', 'build_aux_head', 'build_objective', 'per_module_configs', 'pixel_stats',
            'registered_objectives', 'scheduled_value', 'supervised_contrastive_loss', 'Greedy',
-           'DGL', 'InfoPro', 'ConvFCHead', 'PoolLinearHead', 'DGLHead', 'ReconDecoder']
+           'DGL', 'InfoPro', 'ConvFCHead', 'PoolLinearHead', 'DGLHead', 'ReconDecoder',
+           'ConvPoolHead', 'ProgressiveDecoder']

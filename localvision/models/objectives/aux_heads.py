@@ -1,7 +1,7 @@
 """Auxiliary classifier heads that local objectives put on a module's output map."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -55,3 +55,39 @@ class ConvFCHead(nn.Module):
         x = self.act(self.bn(self.conv(x)))
         x = x.mean(dim=(2, 3))
         return self.fc2(torch.relu(self.fc1(x)))
+
+
+@AUX_HEADS.register_module()
+class ConvPoolHead(nn.Module):
+    """conv-BN-ReLU layers (a width, kernel and stride each), global average pool, one FC.
+
+    The defaults are InfoPro's ImageNet head (the papers' code, ResNet K=2 cut after layer2's
+    first block): conv1x1 to 128, conv3x3 stride 2 to 256, conv3x3 stride 2 to 512, conv1x1 to
+    2048, pool, FC. The two strided convs keep it cheap on a large map.
+
+    Args:
+        in_channels: channels of the module output.
+        num_classes: outputs of the FC.
+        widths / kernels / strides: one entry per conv layer.
+        width_mult: multiplies ``widths``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, widths: Sequence[int] = (128, 256, 512, 2048),
+                 kernels: Sequence[int] = (1, 3, 3, 1), strides: Sequence[int] = (1, 2, 2, 1),
+                 width_mult: float = 1.0) -> None:
+        super().__init__()
+        if not len(widths) == len(kernels) == len(strides):
+            raise ValueError(f'ConvPoolHead: widths {tuple(widths)}, kernels {tuple(kernels)} and strides '
+                             f'{tuple(strides)} must have one entry per conv layer')
+        layers = []
+        c = in_channels
+        for width, k, s in zip(widths, kernels, strides):
+            width = max(int(round(width * width_mult)), 1)
+            layers += [nn.Conv2d(c, width, k, stride=s, padding=k // 2, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            c = width
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.convs(x).mean(dim=(2, 3)))

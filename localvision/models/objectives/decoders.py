@@ -1,7 +1,15 @@
-"""Reconstruction decoders: predict the input image from a module's output map (InfoPro)."""
+"""Reconstruction decoders: predict the input image from a module's output map (InfoPro).
+
+- :class:`ReconDecoder`: InfoPro's CIFAR decoder (upsample to the image, then two convs); cheap
+  on thin maps at 32x32, costly on wide maps at ImageNet size (it upsamples every channel first).
+- :class:`ProgressiveDecoder`: InfoPro's ImageNet and segmentation decoder (reduce to 128
+  channels first, then x2 upsampling stages); the one to use at 224x224 and larger, and the
+  default of the segmentation and detection objectives.
+"""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from typing import Callable, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -61,3 +69,62 @@ class ReconDecoder(StagedDecoder):
                 x = F.interpolate(x, size=size, mode=self.mode, align_corners=align)
             return self.act(self.bn(self.conv1(x)))
         return self.conv2(self.run_stage(hidden, x, self.conv1, self.bn))
+
+
+@AUX_HEADS.register_module()
+class ProgressiveDecoder(StagedDecoder):
+    """InfoPro's ImageNet / segmentation decoder: conv1x1 (C -> ``widths[0]``) - BN - ReLU, one
+    stage per further width (x2 bilinear upsample, conv3x3 - BN - ReLU), and a last stage
+    (x2 upsample, conv3x3 to the image channels).
+
+    The default ``widths=(128, 32, 12)`` is the papers' decoder (128 -> 32 -> 12 -> 3, three x2
+    steps: stride 8 to the full image). A x2 step is taken only while the map is smaller than
+    ``size`` (a module at a fine stride is not upsampled past the target, which would cost memory
+    for nothing); the result is resized bilinearly to ``size`` when the steps do not land on it
+    exactly. Returns logits of the image in [0, 1] at ``size``.
+
+    Args:
+        in_channels: channels of the module output.
+        out_channels: image channels (3).
+        widths: channels of the 1x1 reduction and of each upsampling stage but the last.
+        width_mult: multiplies ``widths``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 3, widths: Sequence[int] = (128, 32, 12),
+                 width_mult: float = 1.0) -> None:
+        super().__init__()
+        w = [max(int(round(c * width_mult)), 1) for c in widths]
+        if not w:
+            raise ValueError('ProgressiveDecoder: widths must name at least the 1x1 reduction\'s channels')
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, w[0], 1, bias=False), nn.BatchNorm2d(w[0]),
+                                    nn.ReLU(inplace=True))
+        chans = list(w) + [out_channels]
+        ups = []
+        for cin, cout in zip(chans[:-2], chans[1:-1]):
+            ups.append(nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                     nn.ReLU(inplace=True)))
+        ups.append(nn.Conv2d(chans[-2], out_channels, 3, padding=1))
+        self.ups = nn.ModuleList(ups)
+
+    @staticmethod
+    def octave_widths(width: int, in_stride: int, target_stride: int, min_width: int = 16) -> Tuple[int, ...]:
+        """``widths`` for a map at ``in_stride`` decoded to ``target_stride``: ``width``, then
+        halved (at least ``min_width``) once per x2 step between the strides."""
+        steps = max(int(round(math.log2(max(in_stride, 1) / max(target_stride, 1)))), 0)
+        widths = [int(width)]
+        for _ in range(steps):
+            widths.append(max(widths[-1] // 2, min_width))
+        return tuple(widths)
+
+    def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
+        x = self.run_stage(self.reduce, x, self.reduce)
+        size = tuple(int(s) for s in size)
+        for up in self.ups:
+            def stage(x: Tensor, up: nn.Module = up) -> Tensor:
+                if x.shape[-2] < size[0] or x.shape[-1] < size[1]:
+                    x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
+                return up(x)
+            x = self.run_stage(stage, x, up)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+        return x

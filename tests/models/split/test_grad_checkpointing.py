@@ -105,7 +105,7 @@ def test_decoder_checkpointing_lowers_the_peak_memory():
     """A wide segmentation decoder at the full resolution dominates module 0's peak: checkpointed,
     it keeps its stages' outputs and recomputes one stage at a time."""
     batch = tiny('LocalImageClassifier').batch(16)
-    wide = {'local_objective.decoder': dict(type='SegReconDecoder', widths=(64, 64, 64)),
+    wide = {'local_objective.decoder': dict(type='ProgressiveDecoder', widths=(64, 64, 64)),
             'backbone.grad_checkpointing': True}
     plain = peak_of_one_iteration(build('LocalImageClassifier', 2, **wide,
                                         **{'local_objective.grad_checkpointing': False}), batch)
