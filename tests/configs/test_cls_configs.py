@@ -228,3 +228,23 @@ def test_the_mmpretrain_example_trains_and_evaluates_with_tools_train(tmp_path):
     val = [r for r in records if 'accuracy/top1' in r]
     assert len(val) == 1 and 0 <= val[0]['accuracy/top1'] <= 100
     assert (work / 'epoch_1.pth').exists()
+
+
+def test_cifar_recipe_is_the_papers():
+    """Reflect padding, the papers' mean / std, and their per-epoch learning rate (train.py
+    --cos_lr: a warm-up from 0.01 over 10 epochs blended into a 160-epoch cosine from 0.8)."""
+    import math
+
+    from mmengine.registry import PARAM_SCHEDULERS
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'cls', 'cifar_resnet32_e2e.py'))
+    crop = cfg.train_pipeline[0]
+    assert (crop.type, crop.padding, crop.padding_mode) == ('RandomCrop', 4, 'reflect')
+    assert cfg.data_preprocessor.std == [63.0, 62.1, 66.7] and cfg.data_preprocessor.mean == [125.3, 123.0, 113.9]
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=cfg.optim_wrapper.optimizer.lr)
+    scheds = [PARAM_SCHEDULERS.build(dict(c, optimizer=opt)) for c in cfg.param_scheduler]
+    for epoch in range(1, cfg.train_cfg.max_epochs + 1):
+        cos = 0.5 * 0.8 * (1 + math.cos(math.pi * epoch / 160))
+        paper = cos * (epoch - 1) / 10 + 0.01 * (11 - epoch) / 10 if epoch <= 10 else cos
+        assert abs(opt.param_groups[0]['lr'] - paper) < 0.008, epoch
+        for s in scheds:
+            s.step()

@@ -3,15 +3,17 @@
 dataset_type = 'CIFAR10'
 data_root = 'data/cifar10'
 num_classes = 10
-# mmpretrain's CIFAR10 gives RGB arrays: no channel swap
+# mmpretrain's CIFAR10 gives RGB arrays: no channel swap. Mean and std as in the papers' code
+# (InfoPro / ContSup train.py: mean (125.3, 123.0, 113.9), std (63.0, 62.1, 66.7)).
 data_preprocessor = dict(
     num_classes=num_classes,
-    mean=[125.307, 122.961, 113.8575],
-    std=[51.5865, 50.847, 51.255],
+    mean=[125.3, 123.0, 113.9],
+    std=[63.0, 62.1, 66.7],
     to_rgb=False)
 
+# the papers' augmentation: 4-pixel reflect padding, random 32x32 crop, horizontal flip
 train_pipeline = [
-    dict(type='RandomCrop', crop_size=32, padding=4),
+    dict(type='RandomCrop', crop_size=32, padding=4, padding_mode='reflect'),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
