@@ -48,6 +48,8 @@ class LocalDetectorMixin(LocalLearningModel):
     pretrained to freeze.
     """
 
+    greedy_objective = dict(type='DetGreedy')
+
     def _fill_neck(self, neck: Optional[dict]) -> Optional[dict]:
         """``neck.in_channels`` follows the backbone levels (swapping the backbone is one line)."""
         if neck is None:

@@ -36,8 +36,9 @@ from localvision.registry import EXECUTORS, MODELS
 from localvision.structures.local_context import LocalContext
 
 from .context import build_context
-from .objectives.base import build_objective, per_module_configs, pixel_stats
+from .objectives.base import build_objective, per_module_configs, pixel_stats, takes_blocks
 from .split import StagedTimm
+from .split.block_copies import LaterBlocks
 
 Tensor = torch.Tensor
 
@@ -101,6 +102,8 @@ class LocalLearningModel(metaclass=ABCMeta):
     """
 
     backbone: StagedTimm
+    #: the task's greedy objective: the default ``base`` of objectives built on another (AugLocal, MAN)
+    greedy_objective: dict = dict(type='Greedy', head=dict(type='PoolLinearHead'))
 
     # -- construction ------------------------------------------------------------------------
     def init_backbone(self, backbone: dict, split: Optional[dict], executor: Optional[dict] = None,
@@ -118,6 +121,9 @@ class LocalLearningModel(metaclass=ABCMeta):
         k = bb.requested_num_modules()
         with DefaultScope.overwrite_default_scope('localvision'):
             cfgs = [dict(self.objective_defaults(), **c) for c in per_module_configs(local_objective, k - 1)]
+            # objectives built on another one (AugLocal, MAN) default to the task's greedy objective
+            cfgs = [dict(c, base=dict(self.greedy_objective)) if _takes(c.get('type'), 'base') and
+                    c.get('base') is None else c for c in cfgs]
             if bb.grad_checkpointing:  # the objectives' decoders follow the backbone unless told otherwise
                 cfgs = [dict(c, grad_checkpointing=c.get('grad_checkpointing', True)) if
                         _takes(c.get('type'), 'grad_checkpointing') else c for c in cfgs]
@@ -125,8 +131,10 @@ class LocalLearningModel(metaclass=ABCMeta):
             heads = [m for h in self._heads for m in h.modules]
             bb.resolve_split(exit_loss=self._exit_cost_fn(cfgs), tail_loss=self._tail_cost_fn(),
                              extra_modules=heads)
+            ranges = bb.module_ranges()
             self.objectives = nn.ModuleList(
-                build_objective(c, bb.out_channels(i), num_classes, i, k, in_stride=bb.module_reduction(i))
+                build_objective(c, bb.out_channels(i), num_classes, i, k, in_stride=bb.module_reduction(i),
+                                blocks=LaterBlocks(bb.seq, ranges[i + 1].start, ranges[i + 1].stop))
                 for i, c in enumerate(cfgs))
             outs = [bb.out_channels(i) for i in range(bb.num_modules)]
             self.context = build_context(context, [bb.input_size[0]] + outs[:-1], outs,
@@ -223,7 +231,8 @@ class LocalLearningModel(metaclass=ABCMeta):
                 stored[j] = f.detach()
         losses: Dict[str, Tensor] = {}
         if k < self.num_units - 1:
-            local = self.objectives[k](self.backbone.to_map(out, ctx.img_hw), ctx)
+            obj = self.objectives[k]
+            local = obj(out if obj.takes_blocks else self.backbone.to_map(out, ctx.img_hw), ctx)
             losses.update({f'm{k}.{n}': v for n, v in local.items()})
         heads = self._unit_heads[k]
         if heads:
@@ -297,14 +306,20 @@ class LocalLearningModel(metaclass=ABCMeta):
         contexts: Dict[int, LocalContext] = {}
         seq = self.backbone.seq
 
-        def exit_loss(i: int, fmap: Tensor) -> Tensor:
-            key = (fmap.shape[1], seq.infos[i].reduction)
+        raw = takes_blocks(cfgs[0].get('type'))
+        img_hw = tuple(self.backbone.input_size[-2:])
+
+        def exit_loss(i: int, x: Tensor) -> Tensor:
+            fmap = x if raw else seq.to_map(x, img_hw)
+            c = seq.infos[i].num_chs if raw else fmap.shape[1]
+            key = (i,) if raw else (c, seq.infos[i].reduction)  # an objective on later blocks differs per cut
             if key not in cache:
-                cache[key] = build_objective(cfgs[0], fmap.shape[1], self.num_classes, 0, len(cfgs) + 1,
-                                             in_stride=seq.infos[i].reduction).to(fmap.device)
-            if fmap.shape[0] not in contexts:
-                contexts[fmap.shape[0]] = self._profile_context(fmap.shape[0], fmap.device)
-            return sum(v for n, v in cache[key](fmap, contexts[fmap.shape[0]]).items() if 'loss' in n)
+                cache[key] = build_objective(cfgs[0], c, self.num_classes, 0, len(cfgs) + 1,
+                                             in_stride=seq.infos[i].reduction,
+                                             blocks=LaterBlocks(seq, i + 1) if raw else None).to(x.device)
+            if x.shape[0] not in contexts:
+                contexts[x.shape[0]] = self._profile_context(x.shape[0], x.device)
+            return sum(v for n, v in cache[key](fmap, contexts[x.shape[0]]).items() if 'loss' in n)
         return exit_loss
 
     def _tail_cost_fn(self):

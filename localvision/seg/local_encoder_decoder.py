@@ -51,6 +51,8 @@ class LocalEncoderDecoder(LocalLearningModel, EncoderDecoder):
         executor: ``PerModuleBackward`` (default) or ``JointBackward``.
     """
 
+    greedy_objective = dict(type='SegGreedy')
+
     def __init__(self, backbone: dict, decode_head: dict, neck: Optional[dict] = None,
                  auxiliary_head: Union[dict, List[dict], None] = None, train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None, split: Optional[dict] = None,

@@ -58,3 +58,14 @@ def test_wrong_number_of_processes_fails_before_start_with_one_line(tiny_cls_roo
     assert errors == ['error: pipeline training of K=4 modules x pipeline.replicas=1 needs 4 processes, got 2 '
                       '(launch: tools/dist_train.sh CONFIG 4)'], out[-2000:]
     assert 'localvision/engine' not in out  # no traceback of ours (torchrun prints its own summary)
+
+
+def test_objectives_reading_the_next_module_are_refused_with_module_parallel_training():
+    """MAN's EMA follows the next module's live weights every step; with module-parallel training that
+    module trains in another process, so the run is refused before anything starts."""
+    cfg = cfg_with(dict(micro_batches=2))
+    cfg.model.local_objective = dict(type='MAN', momentum=0.99)
+    with pytest.raises(InputError, match=r"\['MAN'\] reads the live weights of the next module.*without `pipeline`"):
+        check_pipeline_cfg(cfg)
+    cfg.model.local_objective = [dict(type='Greedy'), dict(type='AugLocal'), dict(type='Greedy')]
+    assert check_pipeline_cfg(cfg).micro_batches == 2  # AugLocal copies later blocks: nothing crosses

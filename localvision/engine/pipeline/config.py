@@ -13,7 +13,7 @@ Everything that cannot work is rejected here with one :class:`~localvision.error
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from localvision.errors import InputError
 
@@ -91,6 +91,21 @@ def requested_num_stages(model_cfg: dict) -> Optional[int]:
     return k if isinstance(k, int) and not isinstance(k, bool) else None
 
 
+def objectives_reading_next_module(local_objective) -> List[str]:
+    """Types among ``model.local_objective`` (a dict or a list) whose objectives read the next
+    module's live weights (``LocalObjective.reads_next_module``, e.g. MAN)."""
+    from localvision.registry import OBJECTIVES
+    import localvision.models.objectives  # noqa: F401  (fills the registry)
+    cfgs = local_objective if isinstance(local_objective, (list, tuple)) else [local_objective]
+    names = []
+    for c in cfgs:
+        t = (c or {}).get('type') if isinstance(c, dict) else None
+        cls = OBJECTIVES.get(t) if isinstance(t, str) else None
+        if getattr(cls, 'reads_next_module', False) and t not in names:
+            names.append(t)
+    return names
+
+
 def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
     """Validate ``cfg.pipeline`` against the data loader and the number of processes.
 
@@ -105,6 +120,11 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
     if bs % pc.micro_batches:
         raise InputError(f'pipeline.micro_batches={pc.micro_batches} does not divide train_dataloader.batch_size='
                          f'{bs} (each global batch is cut into M equal micro-batches); allowed: a divisor of {bs}')
+    crossing = objectives_reading_next_module((cfg.get('model') or {}).get('local_objective'))
+    if crossing:
+        raise InputError(f'model.local_objective {crossing} reads the live weights of the next module every step, '
+                         'which module-parallel training keeps in another process; train it without `pipeline` '
+                         '(one process, or data parallel with tools/dist_train.sh), or pick another objective')
     k = requested_num_stages(cfg.get('model'))
     if world_size is not None and k is not None and world_size != k * pc.replicas:
         raise InputError(f'pipeline training of K={k} modules x pipeline.replicas={pc.replicas} needs '

@@ -1,4 +1,5 @@
 """Local objectives (registered in ``localvision.registry.OBJECTIVES``) and their aux heads."""
+from .auglocal import AugLocal
 from .aux_heads import ConvFCHead, ConvPoolHead, PoolLinearHead
 from .base import (LocalContext, LocalObjective, build_aux_head, build_objective, per_module_configs, pixel_stats,
                    registered_objectives, scheduled_value)
@@ -7,8 +8,9 @@ from .decoders import ProgressiveDecoder, ReconDecoder
 from .dgl import DGLHead, DGL
 from .greedy import Greedy
 from .infopro import InfoPro
+from .man import MAN
 
 __all__ = ['LocalContext', 'LocalObjective', 'build_aux_head', 'build_objective', 'per_module_configs', 'pixel_stats',
            'registered_objectives', 'scheduled_value', 'supervised_contrastive_loss', 'Greedy',
            'DGL', 'InfoPro', 'ConvFCHead', 'PoolLinearHead', 'DGLHead', 'ReconDecoder',
-           'ConvPoolHead', 'ProgressiveDecoder']
+           'ConvPoolHead', 'ProgressiveDecoder', 'AugLocal', 'MAN']

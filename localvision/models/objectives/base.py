@@ -51,7 +51,15 @@ class LocalObjective(nn.Module):
     Subclasses build their auxiliary nets in ``__init__`` from ``in_channels`` (the module's
     output channels) and implement ``loss(feat, ctx) -> dict`` returning losses whose keys
     contain ``loss`` (summed for backward) and, optionally, other logged values.
+
+    ``takes_blocks = True``: the objective builds on the blocks after its cut (it is given
+    ``blocks``, a ``LaterBlocks``, and the module output as the block hands it on).
+    ``reads_next_module = True``: it reads the live weights of the next module every step, so
+    that module must train in the same process (refused with module-parallel training).
     """
+
+    takes_blocks: bool = False
+    reads_next_module: bool = False
 
     def __init__(self, in_channels: int, num_classes: int, module_index: int = 0,
                  num_modules: int = 1, in_stride: int = 1) -> None:
@@ -103,13 +111,27 @@ def per_module_configs(cfg: Union[dict, Sequence[dict], None], num_local: int,
     return cfgs
 
 
+def takes_blocks(objective_type) -> bool:
+    """Whether the objective registered as ``objective_type`` builds on the blocks after its cut
+    (``LocalObjective.takes_blocks``: AugLocal, MAN); such an objective gets the module output
+    as the block hands it on (a map, an NHWC map or tokens), the others an NCHW map."""
+    cls = OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
+    return bool(getattr(cls, 'takes_blocks', False))
+
+
 def build_objective(cfg: dict, in_channels: int, num_classes: int, module_index: int,
-                    num_modules: int, in_stride: int = 1) -> LocalObjective:
+                    num_modules: int, in_stride: int = 1, blocks=None) -> LocalObjective:
     """The objective of local module ``module_index``, sized from the map it sees (channels,
-    stride w.r.t. the image)."""
+    stride w.r.t. the image); ``blocks`` (a :class:`~localvision.models.split.block_copies.LaterBlocks`)
+    goes to objectives that build on the blocks after the cut."""
     cfg = dict(cfg, in_channels=in_channels, num_classes=num_classes, module_index=module_index,
                num_modules=num_modules)
     cfg.setdefault('in_stride', in_stride)
+    if takes_blocks(cfg.get('type')):
+        if blocks is None:
+            raise InputError(f"{cfg.get('type')} builds on the backbone's blocks after the cut; build it through a "
+                             'local model (model.local_objective)')
+        cfg['blocks'] = blocks
     objective = OBJECTIVES.build(cfg)
     objective.init_weights()
     return objective

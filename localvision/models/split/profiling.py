@@ -156,14 +156,13 @@ def profile_saved_bytes(seq: BlockSequence, input_shape: Sequence[int], batch_si
     """Dry-run one training forward and measure saved-for-backward bytes (see :class:`SplitProfile`).
 
     ``exit_loss(block_index, block_output)`` is the auxiliary objective a module ending at that
-    block would get, ``tail_loss(last_output)`` the task heads and losses after the final norm.
+    block would get (on the output as the block hands it on: a map, an NHWC map or tokens), ``tail_loss(last_output)`` the task heads and losses after the final norm.
     Checkpointed objectives run plainly here, so their full cost is measured.
     """
     params = [p for p in seq.model.parameters()]
     for m in extra_modules:
         params.extend(m.parameters())
     counter = SavedTensorCounter(exclude=params)
-    img_hw = tuple(input_shape[-2:])
     prof = SplitProfile([], [], [], [], 0)
     keep: List[Tensor] = []  # keep graphs alive so storages are not reused while counting
     with _preserved_state(seq.model), torch.enable_grad(), checkpointing_suspended():
@@ -179,7 +178,7 @@ def profile_saved_bytes(seq: BlockSequence, input_shape: Sequence[int], batch_si
             if exit_loss is not None and i < len(seq.blocks) - 1:
                 before = counter.nbytes
                 with counter.count():
-                    keep.append(exit_loss(i, seq.to_map(x.detach(), img_hw)))
+                    keep.append(exit_loss(i, x.detach()))
                 prof.exits.append(counter.nbytes - before)
             else:
                 prof.exits.append(0)
