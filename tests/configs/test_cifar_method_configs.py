@@ -60,13 +60,14 @@ def test_the_papers_recipe_on_mmpretrains_cifar10(net):
     assert cfg.model.type == 'LocalImageClassifier' and cfg.model.backbone.model_name == f'cifar_resnet{net}'
     assert cfg.model.split.get('num_modules', 1) == 1 and 'cuts' not in cfg.model.split
     assert cfg.model.head.type == 'LinearClsHead' and cfg.model.head.num_classes == 10 and cfg.model.neck is None
-    assert cfg.data_preprocessor == dict(num_classes=10, mean=[125.307, 122.961, 113.8575],
-                                         std=[51.5865, 50.847, 51.255], to_rgb=False)
+    assert cfg.data_preprocessor == dict(num_classes=10, mean=[125.3, 123.0, 113.9],
+                                         std=[63.0, 62.1, 66.7], to_rgb=False)
     for where, split in (('train_dataloader', 'train'), ('val_dataloader', 'test'), ('test_dataloader', 'test')):
         ds = cfg[where].dataset
         assert (ds.type, ds.data_root, ds.split, ds.download) == ('CIFAR10', 'data/cifar10', split, False)
     assert [t.type for t in cfg.train_dataloader.dataset.pipeline] == ['RandomCrop', 'RandomFlip', 'PackInputs']
-    assert cfg.train_dataloader.dataset.pipeline[0] == dict(type='RandomCrop', crop_size=32, padding=4)
+    assert cfg.train_dataloader.dataset.pipeline[0] == dict(type='RandomCrop', crop_size=32, padding=4,
+                                                                      padding_mode='reflect')
     assert cfg.train_dataloader.batch_size == 1024 and cfg.val_evaluator == dict(type='Accuracy', topk=(1, ))
     opt = cfg.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.momentum, opt.nesterov, opt.weight_decay) == ('SGD', 0.8, 0.9, True, 1e-4)

@@ -63,6 +63,7 @@ def test_wrong_number_of_processes_fails_before_start_with_one_line(tiny_cls_roo
 def test_objectives_reading_the_next_module_are_refused_with_module_parallel_training():
     """MAN's EMA follows the next module's live weights every step; with module-parallel training that
     module trains in another process, so the run is refused before anything starts."""
+    import localvision.models  # noqa: F401  (registers the objectives, as a config's custom_imports do)
     cfg = cfg_with(dict(micro_batches=2))
     cfg.model.local_objective = dict(type='MAN', momentum=0.99)
     with pytest.raises(InputError, match=r"\['MAN'\] reads the live weights of the next module.*without `pipeline`"):

@@ -93,9 +93,9 @@ def requested_num_stages(model_cfg: dict) -> Optional[int]:
 
 def objectives_reading_next_module(local_objective) -> List[str]:
     """Types among ``model.local_objective`` (a dict or a list) whose objectives read the next
-    module's live weights (``LocalObjective.reads_next_module``, e.g. MAN)."""
+    module's live weights (``LocalObjective.reads_next_module``, e.g. MAN), as registered (the
+    config's custom_imports register the objectives)."""
     from localvision.registry import OBJECTIVES
-    import localvision.models.objectives  # noqa: F401  (fills the registry)
     cfgs = local_objective if isinstance(local_objective, (list, tuple)) else [local_objective]
     names = []
     for c in cfgs:

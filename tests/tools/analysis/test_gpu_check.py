@@ -65,7 +65,8 @@ def test_cls_configs_are_mmpretrain_configs_of_the_local_classifier(tmp_path):
     assert cfg.default_scope == 'mmpretrain' and 'localvision.cls' in cfg.custom_imports['imports']
     assert cfg.model.type == 'LocalImageClassifier' and cfg.model.backbone.model_name == 'resnet101'
     assert cfg.model.split == dict(num_modules=4, strategy='balanced', input_size=(3, 224, 224))
-    assert cfg.model.local_objective == dict(type='InfoPro', lambda_recon=(5, 1), lambda_task=(1, 1))
+    assert cfg.model.local_objective == dict(type='InfoPro', lambda_recon=(5, 1), lambda_task=(1, 1),
+                                             head=dict(type='ConvPoolHead'), decoder=dict(type='ProgressiveDecoder'))
     assert gpu_check.CLS_MODELS['deit_s'][0]['model_name'] == 'deit_small_patch16_224'
 
 
