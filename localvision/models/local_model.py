@@ -134,7 +134,7 @@ class LocalLearningModel(metaclass=ABCMeta):
             ranges = bb.module_ranges()
             self.objectives = nn.ModuleList(
                 build_objective(c, bb.out_channels(i), num_classes, i, k, in_stride=bb.module_reduction(i),
-                                blocks=LaterBlocks(bb.seq, ranges[i + 1].start, ranges[i + 1].stop))
+                                blocks=LaterBlocks(bb.seq, ranges[i + 1].start))
                 for i, c in enumerate(cfgs))
             outs = [bb.out_channels(i) for i in range(bb.num_modules)]
             self.context = build_context(context, [bb.input_size[0]] + outs[:-1], outs,

@@ -9,7 +9,7 @@ themselves (read only, never owned by the objective).
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -66,23 +66,12 @@ class LaterBlocks:
 
     Args:
         seq: the backbone's block sequence (its ``infos`` filled with channels and strides).
-        first: index of the first block after the cut.
-        next_stop: index one past the last block of the next module, when the split is known
-            (``None`` while the split is being profiled).
+        first: index of the first block after the cut (the next module's first block).
     """
 
-    def __init__(self, seq: BlockSequence, first: int, next_stop: Optional[int] = None) -> None:
+    def __init__(self, seq: BlockSequence, first: int) -> None:
         self.seq = seq
         self.first = int(first)
-        self.next_stop = len(seq) if next_stop is None else int(next_stop)
-
-    def __len__(self) -> int:
-        """Blocks after the cut, to the end of the backbone."""
-        return len(self.seq) - self.first
-
-    @property
-    def family(self) -> str:
-        return self.seq.family
 
     def info(self, i: int) -> BlockInfo:
         """Block ``i`` (a flat index of the backbone)."""
