@@ -69,6 +69,16 @@ if [ -n "$("$VPY" -m pip config list 2>/dev/null | grep -i find-links || true)" 
   log "      CPU-only build is not picked (it breaks torchvision). Set LV_TORCH_SPEC to choose another build."
 fi
 
+# torch with CUDA libraries takes about 6 GB in the venv; stop early with one line when the disk is
+# fuller than that (pip would fail half-way with "No space left on device")
+NEED_GB=${LV_SETUP_NEED_GB:-8}
+free_kb=$(df -Pk "$VENV" 2>/dev/null | awk 'NR==2 {print $4}')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((NEED_GB * 1024 * 1024)) ] && ! "$VPY" -c 'import torch' 2>/dev/null; then
+  echo "error: only $((free_kb / 1024)) MB free where $VENV lives; the set-up needs about ${NEED_GB} GB (torch," \
+       "torchvision, OpenMMLab): free some space (old work_dirs/, other clones' .venv, ~/.cache/pip) and run again" >&2
+  exit 1
+fi
+
 log "installing build tools"
 pip_q install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
 
