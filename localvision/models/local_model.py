@@ -121,9 +121,9 @@ class LocalLearningModel(metaclass=ABCMeta):
         k = bb.requested_num_modules()
         with DefaultScope.overwrite_default_scope('localvision'):
             cfgs = [dict(self.objective_defaults(), **c) for c in per_module_configs(local_objective, k - 1)]
-            # objectives built on another one (AugLocal, MAN) default to the task's greedy objective
-            cfgs = [dict(c, base=dict(self.greedy_objective)) if _takes(c.get('type'), 'base') and
-                    c.get('base') is None else c for c in cfgs]
+            # objectives built on others (AugLocal, MAN, HPFF) default to the task's greedy objective
+            cfgs = [dict(c, **{n: dict(self.greedy_objective) for n in _nested(c.get('type')) if c.get(n) is None})
+                    for c in cfgs]
             if bb.grad_checkpointing:  # the objectives' decoders follow the backbone unless told otherwise
                 cfgs = [dict(c, grad_checkpointing=c.get('grad_checkpointing', True)) if
                         _takes(c.get('type'), 'grad_checkpointing') else c for c in cfgs]
@@ -134,13 +134,27 @@ class LocalLearningModel(metaclass=ABCMeta):
             ranges = bb.module_ranges()
             self.objectives = nn.ModuleList(
                 build_objective(c, bb.out_channels(i), num_classes, i, k, in_stride=bb.module_reduction(i),
-                                blocks=LaterBlocks(bb.seq, ranges[i + 1].start))
+                                blocks=LaterBlocks(bb.seq, ranges[i + 1].start, ranges[i + 1].stop, bb.run_block))
                 for i, c in enumerate(cfgs))
             outs = [bb.out_channels(i) for i in range(bb.num_modules)]
             self.context = build_context(context, [bb.input_size[0]] + outs[:-1], outs,
                                          [bb.module_reduction(i) for i in range(bb.num_modules)],
                                          field_name='model.context')
+        self._check_objectives_train_next_module()
         self._plan_units()
+
+    def _check_objectives_train_next_module(self) -> None:
+        """Objectives whose loss reaches module k+1 (HPFF's cascade) need one optimizer step per
+        iteration and module k+1's plain input."""
+        names = sorted({type(o).__name__ for o in self.objectives if getattr(o, 'trains_next_module', False)})
+        if not names:
+            return
+        if getattr(self.executor, 'step_each_module', False):
+            raise InputError(f'{names} train(s) module k+1 from module k\'s loss, so a module\'s gradient is complete only '
+                             'at the end of the iteration; remove model.executor.step_each_module / step_in_backward')
+        if self.context is not None:
+            raise InputError(f'{names} run(s) module k+1 on module k\'s output, without the context projections '
+                             'model.context adds to its input; use model.context=None with it')
 
     def _check_head_levels(self) -> None:
         n = self.backbone.num_levels
@@ -354,6 +368,13 @@ def _takes(objective_type, key: str) -> bool:
     cls = OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
     return cls is not None and any(key in inspect.signature(c.__init__).parameters for c in cls.__mro__
                                    if '__init__' in vars(c))
+
+
+def _nested(objective_type) -> tuple:
+    """The arguments of the objective registered as ``objective_type`` that hold objective configs."""
+    from localvision.registry import OBJECTIVES
+    cls = OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
+    return tuple(getattr(cls, 'nested_objectives', ()))
 
 
 def _sum_means(out) -> Tensor:

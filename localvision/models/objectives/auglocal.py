@@ -28,7 +28,7 @@ from localvision.errors import InputError
 from localvision.models.split.block_copies import LaterBlocks
 from localvision.registry import OBJECTIVES
 
-from .base import LocalContext, LocalObjective, build_objective
+from .base import LocalContext, LocalObjective, build_objective, takes_blocks
 
 Tensor = torch.Tensor
 
@@ -80,6 +80,7 @@ class AugLocal(LocalObjective):
     """
 
     takes_blocks = True
+    nested_objectives = ('base',)
 
     def __init__(self, in_channels: int, num_classes: int, depth: int = 2, pyramid: float = 0.5,
                  base: Optional[dict] = None, blocks: Optional[LaterBlocks] = None, module_index: int = 0,
@@ -116,7 +117,7 @@ class AugLocal(LocalObjective):
             c, r = blocks.info(i).num_chs, blocks.info(i).reduction
         self.adapters = nn.ModuleList(adapters)
         base = dict(base or dict(type='Greedy', head=dict(type='PoolLinearHead')))
-        if base.get('type') in ('AugLocal', 'MAN'):
+        if takes_blocks(base.get('type')):
             raise InputError(f"model.local_objective.base cannot be {base.get('type')}")
         self.base = build_objective(dict(base_kwargs, **base), c, num_classes, module_index, num_modules, in_stride=r)
 

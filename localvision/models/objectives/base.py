@@ -56,10 +56,16 @@ class LocalObjective(nn.Module):
     ``blocks``, a ``LaterBlocks``, and the module output as the block hands it on).
     ``reads_next_module = True``: it reads the live weights of the next module every step, so
     that module must train in the same process (refused with module-parallel training).
+    ``trains_next_module = True``: its loss also reaches the next module's weights (HPFF's
+    cascade), so gradients are complete only at the end of the iteration (one optimizer step).
+    ``nested_objectives``: arguments holding objective configs it builds on; the local model fills
+    those left ``None`` with the task's greedy objective.
     """
 
     takes_blocks: bool = False
     reads_next_module: bool = False
+    trains_next_module: bool = False
+    nested_objectives: Tuple[str, ...] = ()
 
     def __init__(self, in_channels: int, num_classes: int, module_index: int = 0,
                  num_modules: int = 1, in_stride: int = 1) -> None:
@@ -113,7 +119,7 @@ def per_module_configs(cfg: Union[dict, Sequence[dict], None], num_local: int,
 
 def takes_blocks(objective_type) -> bool:
     """Whether the objective registered as ``objective_type`` builds on the blocks after its cut
-    (``LocalObjective.takes_blocks``: AugLocal, MAN); such an objective gets the module output
+    (``LocalObjective.takes_blocks``: AugLocal, MAN, HPFF); such an objective gets the module output
     as the block hands it on (a map, an NHWC map or tokens), the others an NCHW map."""
     cls = OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
     return bool(getattr(cls, 'takes_blocks', False))

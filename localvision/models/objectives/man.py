@@ -29,7 +29,7 @@ from localvision.errors import InputError
 from localvision.models.split.block_copies import LaterBlocks
 from localvision.registry import OBJECTIVES
 
-from .base import LocalContext, LocalObjective, build_objective
+from .base import LocalContext, LocalObjective, build_objective, takes_blocks
 
 Tensor = torch.Tensor
 
@@ -47,6 +47,7 @@ class MAN(LocalObjective):
     """
 
     takes_blocks = True
+    nested_objectives = ('base',)
     reads_next_module = True
 
     def __init__(self, in_channels: int, num_classes: int, momentum: float = 0.995, learnable_scale: bool = False,
@@ -61,7 +62,7 @@ class MAN(LocalObjective):
             raise InputError(f'model.local_objective.momentum={momentum!r} must be in [0, 1]')
         if base is None:
             raise InputError('model.local_objective.base is required for MAN (the objective on its output)')
-        if base.get('type') in ('MAN', 'AugLocal'):
+        if takes_blocks(base.get('type')):
             raise InputError(f"model.local_objective.base cannot be {base.get('type')}")
         self.momentum = float(momentum)
         self.block = blocks.first

@@ -9,7 +9,7 @@ themselves (read only, never owned by the objective).
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -62,16 +62,23 @@ def reset_parameters(modules: Sequence[nn.Module]) -> None:
 
 
 class LaterBlocks:
-    """The blocks after a cut, for an objective that builds on them (AugLocal, MAN).
+    """The blocks after a cut, for an objective that builds on them (AugLocal, MAN, HPFF).
 
     Args:
         seq: the backbone's block sequence (its ``infos`` filled with channels and strides).
         first: index of the first block after the cut (the next module's first block).
+        stop: one past the next module's last block (default ``first + 1``: while the split is
+            being profiled the next module is not known yet, and one block stands for it).
+        run_block: how the backbone runs block ``i`` (``StagedTimm.run_block``: activation
+            checkpointing when it is on); default the block itself.
     """
 
-    def __init__(self, seq: BlockSequence, first: int) -> None:
+    def __init__(self, seq: BlockSequence, first: int, stop: Optional[int] = None,
+                 run_block: Optional[Callable[[int, Tensor], Tensor]] = None) -> None:
         self.seq = seq
         self.first = int(first)
+        self.stop = self.first + 1 if stop is None else int(stop)
+        self._run_block = run_block
 
     def info(self, i: int) -> BlockInfo:
         """Block ``i`` (a flat index of the backbone)."""
@@ -96,3 +103,12 @@ class LaterBlocks:
 
     def to_map(self, x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
         return self.seq.to_map(x, img_hw)
+
+    def forward_next(self, x: Tensor) -> Tensor:
+        """The live next module (blocks ``first..stop-1``, and the final norm when it ends the
+        backbone) on ``x``, as the backbone runs it; gradients reach its live weights."""
+        for i in range(self.first, self.stop):
+            x = self._run_block(i, x) if self._run_block is not None else self.seq.blocks[i](x)
+        if self.stop >= len(self.seq):
+            x = self.seq.final_norm(x)
+        return x
