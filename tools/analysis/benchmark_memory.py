@@ -2,6 +2,7 @@
 
     python tools/analysis/benchmark_memory.py CONFIG [--ks 1 2 4] [--batch-size 128]
         [--input-size 3 32 32] [--data synthetic|loader] [--iters 5] [--joint] [--checkpoint-ks [K ...]]
+        [--objectives AugLocal MAN HPFF]
         [--amp [--amp-dtype bfloat16|float16]] [--out-dir DIR] [--cfg-options k=v ...]
 
 Classification (mmpretrain configs of ``localvision.cls.LocalImageClassifier``, default scope
@@ -72,6 +73,9 @@ def parse_args(argv=None):
     p.add_argument('--variant', action='append', default=[], metavar='NAME:KEY=VAL[,KEY=VAL]',
                    help='an extra variant: config overrides of CONFIG, e.g. "dgl:model.local_objective.type=DGL", '
                         'or another config file, e.g. "infopro:configs/cls/cifar_resnet110_infopro_softmax_k4.py"')
+    p.add_argument('--objectives', nargs='+', default=[], metavar='NAME',
+                   help='also measure these registered objectives on later blocks (AugLocal, MAN, HPFF) at each K > 1, '
+                        "on top of the config's objective where they take a base (e.g. MAN on InfoPro)")
     p.add_argument('--batch-size', type=int, default=None, help='default: the train dataloader\'s')
     p.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
                    help='synthetic input size (default: model.split.input_size)')
@@ -188,6 +192,22 @@ def with_checkpointing(cfg: Config) -> Config:
     return c
 
 
+def objective_on(name: str, current) -> dict:
+    """``model.local_objective`` for objective ``name``: built on the config's objective (its
+    ``base``) where ``name`` takes one and the config's objective is a single plain one."""
+    import localvision.models  # noqa: F401  (fills the registry)
+    from localvision.registry import OBJECTIVES
+    cls = OBJECTIVES.get(name)
+    if cls is None:
+        raise SystemExit(f'error: --objectives: {name!r} is not a registered local objective; allowed: '
+                         f'{sorted(OBJECTIVES.module_dict)}')
+    obj = dict(type=name)
+    plain = isinstance(current, dict) and not getattr(OBJECTIVES.get(current.get('type')), 'takes_blocks', False)
+    if 'base' in getattr(cls, 'nested_objectives', ()) and plain:
+        obj['base'] = copy.deepcopy(dict(current))
+    return obj
+
+
 def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
     out = {}
     ckpt_ks = args.checkpoint_ks
@@ -206,6 +226,11 @@ def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
             out[name] = c
         if ckpt_ks and k in ckpt_ks:
             out[f'{name} + ckpt'] = with_checkpointing(c)
+    for obj in args.objectives:
+        for k in (k for k in sorted(args.ks) if k > 1):
+            c = copy.deepcopy(out[f'K={k}'])
+            c.model.local_objective = objective_on(obj, c.model.get('local_objective'))
+            out[f'K={k} {obj}'] = c
     if args.joint:
         k = max(args.ks)
         c = copy.deepcopy(out['E2E' if k == 1 else f'K={k}'])

@@ -20,8 +20,11 @@ For each method and K the table gives:
   after all runs in ``--timing-rounds`` rounds that interleave the methods on one real batch each,
   so a busy machine slows them alike (the median during training is kept in the JSON too).
 
-Results go to ``learning_quality.json`` and ``learning_quality.png`` in ``--out-dir``. The run is
-short by design: differences of a point or two are within the noise of one seed.
+Results go to ``learning_quality.json`` and ``learning_quality.png`` in ``--out-dir``; each finished
+run is also saved in ``<out-dir>/runs/<method>_k<K>/result.json``, and a later invocation with the
+same ``--out-dir``, ``--epochs`` and ``--seed`` takes it from there instead of training it again (an
+interrupted sweep resumes). The run is short by design: differences of a point or two are within
+the noise of one seed.
 """
 from __future__ import annotations
 
@@ -43,7 +46,9 @@ import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 
+from localvision.utils.atomic_io import AtomicLocalBackend  # noqa: E402
 from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: E402
+
 
 DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_shapes_greedy_k4.py'
 # InfoPro's (lambda1_first, lambda2_first, lambda1_last, lambda2_last) for ResNet-32 on CIFAR-10
@@ -68,6 +73,13 @@ def method_model_cfg(method: str, k: int) -> Dict[str, Optional[dict]]:
     if method in ('infopro_softmax', 'infopro_contrast'):
         return dict(local_objective=dict(type='InfoPro', loss_mode=method.split('_')[1], **infopro_lambdas(k)),
                     context=None)
+    if method == 'auglocal':  # the papers' CIFAR setting: d=2 sampled later blocks, pyramidal depth, CE head
+        return dict(local_objective=dict(type='AugLocal', depth=2, pyramid=0.5), context=None)
+    if method in ('man_infopro', 'hpff_infopro'):  # on InfoPro (softmax), as in their papers
+        infopro = dict(type='InfoPro', loss_mode='softmax', **infopro_lambdas(k))
+        if method == 'man_infopro':
+            return dict(local_objective=dict(type='MAN', momentum=0.995, base=infopro), context=None)
+        return dict(local_objective=dict(type='HPFF', base=infopro, independent=greedy), context=None)
     if method.startswith('contsup_'):
         variant = method.split('_', 1)[1].upper()
         ctx = dict(type='ContSup', variant=variant)
@@ -78,7 +90,7 @@ def method_model_cfg(method: str, k: int) -> Dict[str, Optional[dict]]:
 
 
 METHODS = ('e2e', 'greedy', 'dgl', 'infopro_softmax', 'infopro_contrast', 'contsup_e', 'contsup_r1', 'contsup_rn',
-           'contsup_r1e')
+           'contsup_r1e', 'auglocal', 'man_infopro', 'hpff_infopro')
 
 
 def parse_args(argv=None):
@@ -255,10 +267,22 @@ def run(argv=None) -> List[dict]:
     results, iters = [], []
     for method, k in jobs:
         name = f'{method}_k{k}'
-        cfg = run_cfg(base, method, k, args, osp.join(out_dir, 'runs', name))
+        work_dir = osp.join(out_dir, 'runs', name)
+        saved = osp.join(work_dir, 'result.json')
+        if osp.isfile(saved):  # finished by an earlier invocation with the same --out-dir: resume
+            with open(saved) as f:
+                r = json.load(f)
+            if r.get('epochs') == args.epochs and r.get('seed') == args.seed:
+                results.append(r)
+                iters.append(None)
+                print(f"[{name}] top-1 {r['accuracy']:.2f}%  (saved in {saved})", flush=True)
+                continue
+        cfg = run_cfg(base, method, k, args, work_dir)
         t0 = time.perf_counter()
         r, one_iter = train_and_measure(cfg)
-        r.update(method=method, k=k)
+        r.update(method=method, k=k, epochs=args.epochs, seed=args.seed,
+                 sec_per_iter=r['train_sec_per_iter'])  # replaced by the interleaved timing below
+        AtomicLocalBackend().put_text(json.dumps(r, indent=2), saved)  # never half-written
         results.append(r)
         iters.append(one_iter)
         print(f"[{name}] top-1 {r['accuracy']:.2f}%  peak {format_bytes(r['peak_bytes'])}  "
@@ -266,11 +290,17 @@ def run(argv=None) -> List[dict]:
     times: List[List[float]] = [[] for _ in results]
     for _ in range(max(args.timing_rounds, 1)):  # interleaved: machine load hits every method alike
         for t, fn in zip(times, iters):
+            if fn is None:
+                continue
             t0 = time.perf_counter()
             fn()
             t.append(time.perf_counter() - t0)
     for r, t in zip(results, times):
-        r['sec_per_iter'] = statistics.median(t)
+        if t:  # runs resumed from a saved result keep the timing of their own invocation
+            r['sec_per_iter'] = statistics.median(t)
+            r['timed_with_all'] = True
+        else:
+            r['timed_with_all'] = False
     del iters
     meta = dict(config=args.config, data_root=base.train_dataloader.dataset.data_root, epochs=args.epochs,
                 train_images=results[0]['train_images'] if results else n_train,

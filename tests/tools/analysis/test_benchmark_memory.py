@@ -54,3 +54,22 @@ def test_objective_variants_from_sibling_configs(tmp_path, capsys):
     import pytest
     with pytest.raises(SystemExit, match='config file .*nope.py does not exist'):
         benchmark_memory.run([greedy, '--ks', '4', '--variant', 'x:nope.py'] + opts)
+
+
+def test_objectives_on_later_blocks_measured_on_the_configs_objective(tmp_path):
+    """``--objectives``: one variant per registered objective and K > 1, built on the config's
+    objective where it takes a base (MAN on InfoPro), with the same cuts."""
+    infopro = config(tmp_path, 'infopro', num_modules=4, strategy='equal',
+                     objective=dict(type='InfoPro', loss_mode='softmax', lambda_recon=(5, 1), lambda_task=(1, 1)))
+    results = benchmark_memory.run([infopro, '--ks', '1', '4', '--batch-size', '8', '--iters', '1',
+                                    '--objectives', 'MAN', 'HPFF', '--out-dir', str(tmp_path),
+                                    '--cfg-options', 'model.head.num_classes=10'])
+    by = {r['name']: r for r in results}
+    assert list(by) == ['E2E', 'K=4', 'K=4 MAN', 'K=4 HPFF']
+    assert by['K=4 MAN']['split'] == by['K=4']['split'] == by['K=4 HPFF']['split']
+    assert by['K=4']['peak_bytes'] < by['K=4 HPFF']['peak_bytes']  # two modules' graphs and more aux nets
+    assert benchmark_memory.objective_on('MAN', dict(type='InfoPro', lambda_recon=1)) == dict(
+        type='MAN', base=dict(type='InfoPro', lambda_recon=1))
+    assert benchmark_memory.objective_on('AugLocal', dict(type='MAN')) == dict(type='AugLocal')
+    with pytest.raises(SystemExit, match="'Nope' is not a registered local objective"):
+        benchmark_memory.objective_on('Nope', None)
