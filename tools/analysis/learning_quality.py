@@ -110,6 +110,8 @@ def parse_args(argv=None):
     p.add_argument('--workers', type=int, default=1, help='data loader workers (default: %(default)s)')
     p.add_argument('--lr', type=float, default=None, help="default: the config's")
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--no-probes', action='store_true',
+                   help='skip the per-module linear probes (label top-1, image reconstruction error)')
     p.add_argument('--timing-rounds', type=int, default=5,
                    help='interleaved timing rounds after training (default: %(default)s)')
     p.add_argument('--out-dir', default=None, help='default: work_dirs/learning_quality')
@@ -217,7 +219,74 @@ def prepare_base(args) -> Config:
     return cfg
 
 
-def train_and_measure(cfg: Config) -> Tuple[dict, Callable[[], None]]:
+@torch.no_grad()
+def module_features(model, loader, max_images: int) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Each module's output pooled to a 2x2 grid (flattened), the labels, and the image in [0, 1]
+    pooled to 8x8, for up to ``max_images`` images of ``loader`` (eval mode, the modules in a row)."""
+    import torch.nn.functional as F
+    model.eval()
+    feats: List[List[torch.Tensor]] = [[] for _ in range(model.num_units)]
+    labels, images, seen = [], [], 0
+    for batch in loader:
+        data = model.data_preprocessor(batch, False)
+        ctx = model.make_context(data['inputs'], data['data_samples'])
+        h = ctx.inputs
+        for k in range(model.num_units):
+            h = model.backbone.forward_module(k, model.module_input(k, h, ctx))
+            feats[k].append(F.adaptive_avg_pool2d(model.backbone.to_map(h, ctx.img_hw).float(), 2).flatten(1).cpu())
+        labels.append(ctx.targets.cpu() if ctx.targets.dim() == 1 else ctx.targets.argmax(1).cpu())
+        images.append(F.adaptive_avg_pool2d(ctx.image01(), 8).flatten(1).cpu())
+        seen += len(labels[-1])
+        if seen >= max_images:
+            break
+    return [torch.cat(f)[:max_images] for f in feats], torch.cat(labels)[:max_images], torch.cat(images)[:max_images]
+
+
+def linear_probe(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor,
+                 num_classes: int, weight_decay: float = 1e-3, steps: int = 200) -> float:
+    """Top-1 (%) on the validation features of a softmax-linear classifier fit on the training ones
+    (standardised features, L-BFGS, L2 penalty)."""
+    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
+    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
+    with torch.enable_grad():
+        w = torch.zeros(x_tr.shape[1], num_classes, requires_grad=True)
+        b = torch.zeros(num_classes, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn='strong_wolfe')
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(x_tr @ w + b, y_tr) + weight_decay * w.pow(2).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+    return float(((x_va @ w + b).argmax(1) == y_va).float().mean() * 100)
+
+
+def linear_recon_error(x_tr: torch.Tensor, img_tr: torch.Tensor, x_va: torch.Tensor, img_va: torch.Tensor,
+                       ridge: float = 1e-2) -> float:
+    """Mean squared error (pixels in [0, 1]) of a ridge regression from the features to the 8x8
+    image, fit on the training features, on the validation ones."""
+    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
+    a = torch.cat([(x_tr - mean) / std, torch.ones(len(x_tr), 1)], 1).double()
+    w = torch.linalg.solve(a.T @ a + ridge * len(a) * torch.eye(a.shape[1], dtype=a.dtype), a.T @ img_tr.double())
+    a_va = torch.cat([(x_va - mean) / std, torch.ones(len(x_va), 1)], 1).double()
+    return float((a_va @ w - img_va.double()).pow(2).mean())
+
+
+def module_probes(runner, max_images: int = 2000) -> List[dict]:
+    """The papers' information analysis, with linear estimators: for each module's output, the
+    top-1 of a linear probe (how much of the label it keeps) and the error of a linear
+    reconstruction of the image (how much of the input it keeps), fit on training images and
+    measured on the validation split."""
+    model = runner.model
+    x_tr, y_tr, img_tr = module_features(model, runner.train_dataloader, max_images)
+    x_va, y_va, img_va = module_features(model, runner.val_dataloader, max_images)
+    num_classes = int(max(y_tr.max(), y_va.max())) + 1
+    return [dict(module=k, probe_top1=linear_probe(x_tr[k], y_tr, x_va[k], y_va, num_classes),
+                 recon_mse=linear_recon_error(x_tr[k], img_tr, x_va[k], img_va)) for k in range(len(x_tr))]
+
+
+def train_and_measure(cfg: Config, probes: bool = True) -> Tuple[dict, Callable[[], None]]:
     """Train, validate, measure the peak memory of one more iteration; return the results and
     that iteration as a function (for the interleaved timing)."""
     from mmengine.runner import Runner
@@ -228,6 +297,7 @@ def train_and_measure(cfg: Config) -> Tuple[dict, Callable[[], None]]:
     runner.train()
     train_s = time.perf_counter() - t0
     metrics = runner.val()
+    module_stats = module_probes(runner) if probes else None
     model, ow = runner.model, runner.optim_wrapper
     device = next(model.parameters()).device
     batch = next(iter(runner.train_dataloader))
@@ -245,7 +315,8 @@ def train_and_measure(cfg: Config) -> Tuple[dict, Callable[[], None]]:
                   train_sec_per_iter=statistics.median(timer.times), train_seconds=train_s,
                   iters=len(timer.times), final_train_loss=sum(last) / max(len(last), 1),
                   train_images=len(runner.train_dataloader.dataset), val_images=len(runner.val_dataloader.dataset),
-                  split=model.backbone.describe(), params=sum(p.numel() for p in model.parameters()))
+                  split=model.backbone.describe(), params=sum(p.numel() for p in model.parameters()),
+                  probes=module_stats)
     return result, one_iter
 
 
@@ -279,7 +350,7 @@ def run(argv=None) -> List[dict]:
                 continue
         cfg = run_cfg(base, method, k, args, work_dir)
         t0 = time.perf_counter()
-        r, one_iter = train_and_measure(cfg)
+        r, one_iter = train_and_measure(cfg, probes=not args.no_probes)
         r.update(method=method, k=k, epochs=args.epochs, seed=args.seed,
                  sec_per_iter=r['train_sec_per_iter'])  # replaced by the interleaved timing below
         AtomicLocalBackend().put_text(json.dumps(r, indent=2), saved)  # never half-written
@@ -312,6 +383,7 @@ def run(argv=None) -> List[dict]:
                 memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
                 else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')
     print_table(results, meta)
+    print_probes(results)
     with open(osp.join(out_dir, 'learning_quality.json'), 'w') as f:
         json.dump(dict(meta=meta, results=results), f, indent=2)
     plot(results, meta, osp.join(out_dir, 'learning_quality.png'))
@@ -335,12 +407,28 @@ def print_table(results: List[dict], meta: dict) -> None:
               f"{r['sec_per_iter']:>9.3f}{t}{r['final_train_loss']:>12.3f}")
 
 
+def print_probes(results: List[dict]) -> None:
+    """Per module: linear-probe top-1 (%) / linear reconstruction MSE of its output."""
+    rows = [r for r in results if r.get('probes')]
+    if not rows:
+        return
+    n = max(len(r['probes']) for r in rows)
+    print('\nper module: linear-probe top-1 % / linear reconstruction MSE (8x8 image, x1000) of its output')
+    head = f"{'method':<18}{'K':>3}" + ''.join(f'{f"M{k}":>13}' for k in range(n))
+    print(head)
+    print('-' * len(head))
+    for r in rows:
+        cells = ''.join(f"{p['probe_top1']:>7.1f}/{p['recon_mse'] * 1000:<5.1f}" for p in r['probes'])
+        print(f"{r['method']:<18}{r['k']:>3}{cells}")
+
+
 def plot(results: List[dict], meta: dict, path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     names = [f"{r['method']}\nK={r['k']}" for r in results]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    with_probes = [r for r in results if r.get('probes')]
+    fig, axes = plt.subplots(1, 5 if with_probes else 3, figsize=(25 if with_probes else 15, 4.5))
     series = ((axes[0], [r['accuracy'] for r in results], 'top-1 accuracy (%)'),
               (axes[1], [r['peak_bytes'] / 2 ** 20 for r in results], 'peak training memory (MiB)'),
               (axes[2], [r['sec_per_iter'] for r in results], 'seconds / iteration'))
@@ -354,6 +442,17 @@ def plot(results: List[dict], meta: dict, path: str) -> None:
         ax.set_xticks(range(len(vals)))
         ax.set_xticklabels(names, rotation=45, ha='right', fontsize=7)
         ax.set_ylabel(label)
+    if with_probes:  # the papers' information analysis: what each module's output keeps of y and of x
+        for r in with_probes:
+            depth = [(p['module'] + 1) / len(r['probes']) for p in r['probes']]
+            label = f"{r['method']} K={r['k']}"
+            axes[3].plot(depth, [p['probe_top1'] for p in r['probes']], marker='o', label=label)
+            axes[4].plot(depth, [p['recon_mse'] for p in r['probes']], marker='o', label=label)
+        axes[3].set_ylabel('linear-probe top-1 of module output (%)')
+        axes[4].set_ylabel('linear reconstruction MSE of the image')
+        for ax in axes[3:]:
+            ax.set_xlabel('module end (fraction of the network)')
+        axes[3].legend(fontsize=6)
     fig.suptitle(f"{osp.basename(meta['config'])}: {meta['epochs']} epoch(s), {meta['train_images'] or 'all'} "
                  f"training images, {meta['device']}", fontsize=10)
     fig.tight_layout()

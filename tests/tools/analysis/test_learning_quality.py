@@ -29,6 +29,10 @@ def test_learning_quality_trains_every_method_and_writes_results(tiny_cls_root, 
     for r in results:
         assert 0.0 <= r['accuracy'] <= 100.0 and r['peak_bytes'] > 0 and r['sec_per_iter'] > 0
         assert r['iters'] == 2  # 16 images, batch 8, one epoch
+        # the per-module information analysis: one linear probe / reconstruction per module
+        assert [p['module'] for p in r['probes']] == list(range(r['k']))
+        assert all(0 <= p['probe_top1'] <= 100 and p['recon_mse'] > 0 for p in r['probes'])
+    assert 'linear-probe top-1' in out
     assert results[1]['peak_bytes'] < results[0]['peak_bytes']  # K=2 keeps one module's graph at a time
     # a second invocation with the same --out-dir resumes from the saved runs instead of training again
     again = learning_quality.run(['--methods', 'e2e', 'infopro_contrast', '--ks', '2', '--epochs', '1',
