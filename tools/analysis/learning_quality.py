@@ -22,8 +22,8 @@ For each method and K the table gives:
 
 Results go to ``learning_quality.json`` and ``learning_quality.png`` in ``--out-dir``; each finished
 run is also saved in ``<out-dir>/runs/<method>_k<K>/result.json``, and a later invocation with the
-same ``--out-dir``, ``--epochs`` and ``--seed`` takes it from there instead of training it again (an
-interrupted sweep resumes). The run is short by design: differences of a point or two are within
+same ``--out-dir`` and the same settings (config, epochs, seed, data, batch, lr, options) takes it
+from there instead of training it again (an interrupted sweep resumes). The run is short by design: differences of a point or two are within
 the noise of one seed.
 """
 from __future__ import annotations
@@ -320,6 +320,13 @@ def train_and_measure(cfg: Config, probes: bool = True) -> Tuple[dict, Callable[
     return result, one_iter
 
 
+def run_settings(args) -> dict:
+    """What a saved run must have been trained with to be taken instead of training it again."""
+    return dict(config=args.config, epochs=args.epochs, seed=args.seed, train_per_class=args.train_per_class,
+                data_root=args.data_root, batch_size=args.batch_size, lr=args.lr, strategy=args.strategy,
+                cfg_options={k: str(v) for k, v in (args.cfg_options or {}).items()})
+
+
 def run(argv=None) -> List[dict]:
     args = parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')  # where the Runner trains
@@ -343,7 +350,7 @@ def run(argv=None) -> List[dict]:
         if osp.isfile(saved):  # finished by an earlier invocation with the same --out-dir: resume
             with open(saved) as f:
                 r = json.load(f)
-            if r.get('epochs') == args.epochs and r.get('seed') == args.seed:
+            if r.get('settings') == run_settings(args):
                 results.append(r)
                 iters.append(None)
                 print(f"[{name}] top-1 {r['accuracy']:.2f}%  (saved in {saved})", flush=True)
@@ -351,7 +358,7 @@ def run(argv=None) -> List[dict]:
         cfg = run_cfg(base, method, k, args, work_dir)
         t0 = time.perf_counter()
         r, one_iter = train_and_measure(cfg, probes=not args.no_probes)
-        r.update(method=method, k=k, epochs=args.epochs, seed=args.seed,
+        r.update(method=method, k=k, epochs=args.epochs, seed=args.seed, settings=run_settings(args),
                  sec_per_iter=r['train_sec_per_iter'])  # replaced by the interleaved timing below
         AtomicLocalBackend().put_text(json.dumps(r, indent=2), saved)  # never half-written
         results.append(r)
