@@ -2,6 +2,8 @@
 
     python tools/misc/make_demo_data.py cls [--out data/lv_shapes_cls] [--size 32] [--seed 0]
                                             [--train-per-class 500] [--val-per-class 100]
+    python tools/misc/make_demo_data.py rel [--out data/lv_relational_cls] [--size 32] [--seed 0]
+                                            [--train-per-class 500] [--val-per-class 125] [--annotations]
     python tools/misc/make_demo_data.py seg [--out data/lv_shapes_seg] [--size 64] [--seed 0]
                                             [--num-train 400] [--num-val 100]
     python tools/misc/make_demo_data.py det [--out data/lv_shapes_det] [--size 128] [--seed 0]
@@ -39,6 +41,27 @@ def add_cls_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--train-per-class', type=int, default=500, help='training images per class (default: %(default)s)')
     p.add_argument('--val-per-class', type=int, default=100, help='validation images per class (default: %(default)s)')
     p.set_defaults(func=run_cls)
+
+
+def run_rel(args: argparse.Namespace) -> Path:
+    from localvision.datasets.relational import make_relational_classification
+    return make_relational_classification(args.out, train_per_class=args.train_per_class,
+                                          val_per_class=args.val_per_class, image_size=args.size, seed=args.seed,
+                                          annotations=args.annotations)
+
+
+def add_rel_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('rel', help='relational image classification: 8 classes, the relations between two '
+                                          'objects (layout x same/different shape x same/different colour; '
+                                          'ImageFolder layout)')
+    p.add_argument('--out', default='data/lv_relational_cls', help='output folder (default: %(default)s)')
+    p.add_argument('--size', type=int, default=32, help='image side in pixels (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
+    p.add_argument('--train-per-class', type=int, default=500, help='training images per class (default: %(default)s)')
+    p.add_argument('--val-per-class', type=int, default=125, help='validation images per class (default: %(default)s)')
+    p.add_argument('--annotations', action='store_true',
+                   help="also write annotations.json (every image's objects: shape, colour, centre, radius)")
+    p.set_defaults(func=run_rel)
 
 
 def run_seg(args: argparse.Namespace) -> Path:
@@ -90,8 +113,8 @@ def add_inst_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_inst)
 
 
-SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_seg_parser, add_det_parser,
-                                                                    add_inst_parser]
+SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_rel_parser, add_seg_parser,
+                                                                    add_det_parser, add_inst_parser]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
