@@ -29,7 +29,8 @@ def test_config_reads(path):
         assert k == 1 and m.local_objective is None
     else:
         assert k == int(name.split('_k')[1][0])
-        assert m.local_objective.type == ('DetGreedy' if 'greedy' in name else 'InfoProDet')
+        want = 'DetGreedy' if 'greedy' in name else 'MAN' if '_man_' in name else 'InfoProDet'
+        assert m.local_objective.type == want
     if 'vit' in name:
         assert m.neck.type == 'SimplePyramid' and m.backbone.out_blocks == (12,)
     else:
