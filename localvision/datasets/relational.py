@@ -55,13 +55,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple, Union
 
 import numpy as np
 from PIL import Image
+
+from .synthetic import generate_set
 
 __all__ = ['RELATIONAL_CLASSES', 'OBJECT_SHAPES', 'FACTORS', 'DEMO_REL_DIRNAME', 'DEMO_REL_COMMAND',
            'make_relational_classification', 'render_relational_image', 'image_rng', 'class_factors',
@@ -198,18 +198,6 @@ def _params(train_per_class: int, val_per_class: int, image_size: int, seed: int
                 annotations=annotations)
 
 
-def _read_meta(root: Path) -> dict | None:
-    try:
-        return json.loads((root / 'meta.json').read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_current(root: Path, params: dict) -> bool:
-    meta = _read_meta(root)
-    return bool(meta) and meta.get('version') == GENERATOR_VERSION and meta.get('params') == params
-
-
 def _write_set(out: Path, params: dict) -> None:
     counts = {'train': params['train_per_class'], 'val': params['val_per_class']}
     annotations: Dict[str, dict] = {}
@@ -253,33 +241,8 @@ def make_relational_classification(root: Union[str, os.PathLike], train_per_clas
         raise ValueError(f'image_size must be at least 16, got {image_size}')
     if train_per_class < 0 or val_per_class < 0:
         raise ValueError('train_per_class and val_per_class must be >= 0')
-    root = Path(root)
     params = _params(train_per_class, val_per_class, image_size, seed, bool(annotations))
-    if _is_current(root, params):
-        return root
-    if root.exists() and (not root.is_dir() or (any(root.iterdir()) and _read_meta(root) is None)):
-        raise FileExistsError(f'{root} exists and is not a generated set (no meta.json); '
-                              'remove it or choose another output folder')
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f'.{root.name}.tmp-{uuid.uuid4().hex[:8]}'
-    try:
-        tmp.mkdir()
-        _write_set(tmp, params)
-        old = None
-        if root.exists():  # an older / different generated set, or an empty folder: swap it out
-            old = root.parent / f'.{root.name}.old-{uuid.uuid4().hex[:8]}'
-            root.rename(old)
-        try:
-            tmp.rename(root)
-        except OSError:
-            if not _is_current(root, params):  # not a concurrent writer finishing first
-                raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return generate_set(root, params, GENERATOR_VERSION, lambda out: _write_set(out, params), 'relational')
 
 
 def list_images(root: Union[str, os.PathLike], split: str) -> List[Tuple[Path, int]]:

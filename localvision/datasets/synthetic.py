@@ -178,9 +178,45 @@ def _read_meta(root: Path) -> dict | None:
         return None
 
 
-def _is_current(root: Path, params: dict) -> bool:
+def _is_current(root: Path, params: dict, version: int = GENERATOR_VERSION) -> bool:
     meta = _read_meta(root)
-    return bool(meta) and meta.get('version') == GENERATOR_VERSION and meta.get('params') == params
+    return bool(meta) and meta.get('version') == version and meta.get('params') == params
+
+
+def generate_set(root: Union[str, os.PathLike], params: dict, version: int, write: Callable[[Path], None],
+                 what: str) -> Path:
+    """Generate (or reuse) a set under ``root`` with ``write(folder)``, which writes the files and a
+    ``meta.json`` holding ``version`` and ``params``.
+
+    Nothing is done when ``root/meta.json`` records the same ``version`` and ``params``. The set is
+    written to a temporary sibling folder and renamed into place, so ``root`` never holds a
+    half-written set; an existing ``root`` that is not a generated set is never overwritten.
+    """
+    root = Path(root)
+    if _is_current(root, params, version):
+        return root
+    if root.exists() and (not root.is_dir() or (any(root.iterdir()) and _read_meta(root) is None)):
+        raise FileExistsError(f'{root} exists and is not a generated {what} set (no meta.json); '
+                              'remove it or choose another output folder')
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f'.{root.name}.tmp-{uuid.uuid4().hex[:8]}'
+    try:
+        tmp.mkdir()
+        write(tmp)
+        old = None
+        if root.exists():  # an older / different generated set, or an empty folder: swap it out
+            old = root.parent / f'.{root.name}.old-{uuid.uuid4().hex[:8]}'
+            root.rename(old)
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not _is_current(root, params, version):  # not a concurrent writer finishing first
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 def _write_set(out: Path, params: dict, classes: Tuple[str, ...]) -> None:
@@ -220,10 +256,9 @@ def make_shapes_classification(root: Union[str, os.PathLike], num_classes: int =
         raise ValueError(f'image_size must be at least 8, got {image_size}')
     if train_per_class < 0 or val_per_class < 0:
         raise ValueError('train_per_class and val_per_class must be >= 0')
-    root = Path(root)
     params = _params(num_classes, train_per_class, val_per_class, image_size, seed)
-    if _is_current(root, params):
-        return root
+    classes = tuple(sorted(SHAPE_CLASSES[:num_classes]))
+    return generate_set(root, params, GENERATOR_VERSION, lambda out: _write_set(out, params, classes), 'shapes')
     if root.exists() and (not root.is_dir() or (any(root.iterdir()) and _read_meta(root) is None)):
         raise FileExistsError(f'{root} exists and is not a generated shapes set (no meta.json); '
                               'remove it or choose another output folder')

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy import ndimage
 
+from localvision.utils.probes import linear_probe_top1
 from localvision.datasets.relational import (FACTORS, OBJECT_SHAPES, RELATIONAL_CLASSES, class_factors, image_rng,
                                              list_images, make_relational_classification, render_relational_image)
 
@@ -92,6 +92,7 @@ def test_idempotent_regenerates_and_refuses_foreign_folder(tmp_path):
 def test_labels_hold_in_the_metadata_and_in_the_pixels():
     """Every image shows exactly two objects whose layout, shapes and colours are the class's,
     read back from the pixels (connected components of the pixels far from the background)."""
+    ndimage = pytest.importorskip('scipy.ndimage')  # comes with mmseg / mmdet
     images, labels, infos = _render('train', 8, seed=1)
     for img, label, info in zip(images, labels, infos):
         f = class_factors(RELATIONAL_CLASSES[label])
@@ -117,24 +118,11 @@ def test_labels_hold_in_the_metadata_and_in_the_pixels():
         assert sum(holes) == [o1['shape'], o2['shape']].count('ring')  # only rings have a hole
 
 
-def _probe_top1(x_tr, y_tr, x_va, y_va, steps=100, weight_decay=1e-3):
-    """Multinomial logistic regression on standardised features (torch L-BFGS): val top-1 (%)."""
-    x_tr, x_va = torch.as_tensor(x_tr, dtype=torch.float32), torch.as_tensor(x_va, dtype=torch.float32)
+def _probe_top1(x_tr, y_tr, x_va, y_va):
+    """Multinomial logistic regression on standardised features: val top-1 (%)."""
     y_tr, y_va = torch.as_tensor(y_tr), torch.as_tensor(y_va)
-    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
-    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
-    n_cls = int(y_tr.max()) + 1
-    w = torch.zeros(x_tr.shape[1], n_cls, requires_grad=True)
-    b = torch.zeros(n_cls, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn='strong_wolfe')
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x_tr @ w + b, y_tr) + weight_decay * w.pow(2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return float(((x_va @ w + b).argmax(1) == y_va).float().mean() * 100)
+    return linear_probe_top1(torch.as_tensor(x_tr, dtype=torch.float32), y_tr,
+                             torch.as_tensor(x_va, dtype=torch.float32), y_va, int(y_tr.max()) + 1, steps=100)
 
 
 def _nuisance_features(images):

@@ -49,6 +49,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from localvision.utils.probes import fit_linear_probe  # noqa: E402
+
 DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_shapes_greedy_k4.py'
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
 
@@ -107,28 +109,6 @@ def colour_hist_features(images: np.ndarray, bins: int = 4) -> torch.Tensor:
 
 # --- probes -------------------------------------------------------------------------------------
 
-def fit_probe(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, num_classes: int, weight_decay: float,
-              steps: int = 200) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A softmax-linear classifier on standardised features (L-BFGS, L2 penalty ``weight_decay``
-    on the weights, as ``learning_quality.linear_probe``); returns the predicted classes of the
-    training and the validation features."""
-    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
-    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
-    w = torch.zeros(x_tr.shape[1], num_classes, requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn='strong_wolfe')
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x_tr @ w + b, y_tr) + weight_decay * w.pow(2).sum()
-        loss.backward()
-        return loss
-    with torch.enable_grad():
-        opt.step(closure)
-    with torch.no_grad():
-        return (x_tr @ w + b).argmax(1), (x_va @ w + b).argmax(1)
-
-
 def factor_accuracy(pred: torch.Tensor, y: torch.Tensor, classes: List[str],
                     factors: Optional[Dict[str, List[str]]]) -> Optional[Dict[str, float]]:
     """Top-1 (%) of the predicted class on each factor, for class names ``<f1>_<f2>_...``."""
@@ -149,7 +129,7 @@ def probe(name: str, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor,
     num_classes = len(classes)
     by_wd, train_by_wd, preds = {}, {}, {}
     for wd in WEIGHT_DECAYS:
-        p_tr, p_va = fit_probe(x_tr, y_tr, x_va, num_classes, wd, steps)
+        p_tr, p_va = fit_linear_probe(x_tr, y_tr, x_va, num_classes, wd, steps)
         by_wd[str(wd)] = float((p_va == y_va).float().mean() * 100)
         train_by_wd[str(wd)] = float((p_tr == y_tr).float().mean() * 100)
         preds[str(wd)] = p_va

@@ -48,6 +48,7 @@ from mmengine.hooks import Hook  # noqa: E402
 
 from localvision.utils.atomic_io import AtomicLocalBackend  # noqa: E402
 from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: E402
+from localvision.utils.probes import linear_probe_top1, linear_recon_error  # noqa: E402
 
 
 DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_shapes_greedy_k4.py'
@@ -242,37 +243,6 @@ def module_features(model, loader, max_images: int) -> Tuple[List[torch.Tensor],
     return [torch.cat(f)[:max_images] for f in feats], torch.cat(labels)[:max_images], torch.cat(images)[:max_images]
 
 
-def linear_probe(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor,
-                 num_classes: int, weight_decay: float = 1e-3, steps: int = 200) -> float:
-    """Top-1 (%) on the validation features of a softmax-linear classifier fit on the training ones
-    (standardised features, L-BFGS, L2 penalty)."""
-    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
-    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
-    with torch.enable_grad():
-        w = torch.zeros(x_tr.shape[1], num_classes, requires_grad=True)
-        b = torch.zeros(num_classes, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn='strong_wolfe')
-
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(x_tr @ w + b, y_tr) + weight_decay * w.pow(2).sum()
-            loss.backward()
-            return loss
-        opt.step(closure)
-    return float(((x_va @ w + b).argmax(1) == y_va).float().mean() * 100)
-
-
-def linear_recon_error(x_tr: torch.Tensor, img_tr: torch.Tensor, x_va: torch.Tensor, img_va: torch.Tensor,
-                       ridge: float = 1e-2) -> float:
-    """Mean squared error (pixels in [0, 1]) of a ridge regression from the features to the 8x8
-    image, fit on the training features, on the validation ones."""
-    mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
-    a = torch.cat([(x_tr - mean) / std, torch.ones(len(x_tr), 1)], 1).double()
-    w = torch.linalg.solve(a.T @ a + ridge * len(a) * torch.eye(a.shape[1], dtype=a.dtype), a.T @ img_tr.double())
-    a_va = torch.cat([(x_va - mean) / std, torch.ones(len(x_va), 1)], 1).double()
-    return float((a_va @ w - img_va.double()).pow(2).mean())
-
-
 def module_probes(runner, max_images: int = 2000) -> List[dict]:
     """The papers' information analysis, with linear estimators: for each module's output, the
     top-1 of a linear probe (how much of the label it keeps) and the error of a linear
@@ -282,7 +252,7 @@ def module_probes(runner, max_images: int = 2000) -> List[dict]:
     x_tr, y_tr, img_tr = module_features(model, runner.train_dataloader, max_images)
     x_va, y_va, img_va = module_features(model, runner.val_dataloader, max_images)
     num_classes = int(max(y_tr.max(), y_va.max())) + 1
-    return [dict(module=k, probe_top1=linear_probe(x_tr[k], y_tr, x_va[k], y_va, num_classes),
+    return [dict(module=k, probe_top1=linear_probe_top1(x_tr[k], y_tr, x_va[k], y_va, num_classes),
                  recon_mse=linear_recon_error(x_tr[k], img_tr, x_va[k], img_va)) for k in range(len(x_tr))]
 
 
