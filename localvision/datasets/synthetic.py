@@ -259,27 +259,3 @@ def make_shapes_classification(root: Union[str, os.PathLike], num_classes: int =
     params = _params(num_classes, train_per_class, val_per_class, image_size, seed)
     classes = tuple(sorted(SHAPE_CLASSES[:num_classes]))
     return generate_set(root, params, GENERATOR_VERSION, lambda out: _write_set(out, params, classes), 'shapes')
-    if root.exists() and (not root.is_dir() or (any(root.iterdir()) and _read_meta(root) is None)):
-        raise FileExistsError(f'{root} exists and is not a generated shapes set (no meta.json); '
-                              'remove it or choose another output folder')
-
-    classes = tuple(sorted(SHAPE_CLASSES[:num_classes]))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f'.{root.name}.tmp-{uuid.uuid4().hex[:8]}'
-    try:
-        tmp.mkdir()
-        _write_set(tmp, params, classes)
-        old = None
-        if root.exists():  # an older / different generated set, or an empty folder: swap it out
-            old = root.parent / f'.{root.name}.old-{uuid.uuid4().hex[:8]}'
-            root.rename(old)
-        try:
-            tmp.rename(root)
-        except OSError:
-            if not _is_current(root, params):  # not a concurrent writer finishing first
-                raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
