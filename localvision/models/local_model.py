@@ -36,7 +36,7 @@ from localvision.registry import EXECUTORS, MODELS
 from localvision.structures.local_context import LocalContext
 
 from .context import build_context
-from .objectives.base import build_objective, per_module_configs, pixel_stats, takes_blocks
+from .objectives.base import build_objective, objective_class, per_module_configs, pixel_stats, takes_blocks
 from .split import StagedTimm
 from .split.block_copies import LaterBlocks
 
@@ -297,15 +297,29 @@ class LocalLearningModel(metaclass=ABCMeta):
                        ) -> Tuple[Tensor, List[Optional[Tensor]]]:
         """All modules in a row: the backbone output and its levels (``None`` for levels not in
         ``levels``, default all)."""
+        want = set(range(self.backbone.num_levels)) if levels is None else set(levels)
+        outs, found = self._forward_modules(inputs, want)
+        return outs[-1], [found.get(j) for j in range(self.backbone.num_levels)]
+
+    def module_outputs(self, inputs: Tensor) -> List[Tensor]:
+        """All modules in a row: each module's output as an NCHW map (what the split hands on at
+        each cut; e.g. for probing what each module keeps)."""
+        outs, _ = self._forward_modules(inputs, set())
+        return [self.backbone.to_map(h, tuple(inputs.shape[-2:])) for h in outs]
+
+    def _forward_modules(self, inputs: Tensor, want: set) -> Tuple[List[Tensor], Dict[int, Tensor]]:
+        """The modules in a row on ``inputs`` (with the context supply): each module's raw output
+        and the levels in ``want``."""
         img_hw = tuple(inputs.shape[-2:])
         ctx = LocalContext(inputs=inputs, img_hw=img_hw)
-        want = set(range(self.backbone.num_levels)) if levels is None else set(levels)
         found: Dict[int, Tensor] = {}
+        outs: List[Tensor] = []
         h = inputs
         for k in range(self.num_units):
             h, lv = self.backbone.forward_module_levels(k, self.module_input(k, h, ctx), img_hw, want)
             found.update(lv)
-        return h, [found.get(j) for j in range(self.backbone.num_levels)]
+            outs.append(h)
+        return outs, found
 
     # -- split profiling (balanced strategy) ------------------------------------------------------
     def _profile_context(self, n: int, device: torch.device) -> LocalContext:
@@ -363,18 +377,14 @@ class LocalLearningModel(metaclass=ABCMeta):
 def _takes(objective_type, key: str) -> bool:
     """Whether the objective registered as ``objective_type`` takes the argument ``key``."""
     import inspect
-
-    from localvision.registry import OBJECTIVES
-    cls = OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
+    cls = objective_class(objective_type)
     return cls is not None and any(key in inspect.signature(c.__init__).parameters for c in cls.__mro__
                                    if '__init__' in vars(c))
 
 
 def _nested(objective_type) -> tuple:
     """The arguments of the objective registered as ``objective_type`` that hold objective configs."""
-    from localvision.registry import OBJECTIVES
-    cls = OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
-    return tuple(getattr(cls, 'nested_objectives', ()))
+    return tuple(getattr(objective_class(objective_type), 'nested_objectives', ()))
 
 
 def _sum_means(out) -> Tensor:

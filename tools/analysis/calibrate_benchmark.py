@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from localvision.utils.config import model_config  # noqa: E402
 from localvision.utils.probes import fit_linear_probe  # noqa: E402
 
 DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_shapes_greedy_k4.py'
@@ -183,9 +184,8 @@ def build_model(config: str, num_classes: int, seed: int):
         importlib.import_module(m)
     from mmpretrain.registry import MODELS
     cfg.model.head.num_classes = num_classes
-    model_cfg = dict(cfg.model, data_preprocessor=cfg.get('data_preprocessor'))
     torch.manual_seed(seed)
-    model = MODELS.build(model_cfg)
+    model = MODELS.build(model_config(cfg))
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO
@@ -203,19 +203,15 @@ def module_features(model, images: np.ndarray, mean, std, modules: List[int], ba
     and module 0's full output map if ``keep_map0``."""
     mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    last = max(modules)
     out: Dict[int, List[torch.Tensor]] = {k: [] for k in modules}
     maps0: List[torch.Tensor] = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float()
-        h = (x - mean) / std
-        hw = tuple(h.shape[-2:])
-        for k in range(last + 1):
-            h = model.backbone.forward_module(k, h)
-            if k in out:
-                out[k].append(F.adaptive_avg_pool2d(model.backbone.to_map(h, hw).float(), 2).flatten(1))
-            if k == 0 and keep_map0:
-                maps0.append(model.backbone.to_map(h, hw).float())
+        maps = model.module_outputs((x - mean) / std)
+        for k in out:
+            out[k].append(F.adaptive_avg_pool2d(maps[k].float(), 2).flatten(1))
+        if keep_map0:
+            maps0.append(maps[0].float())
     return {k: torch.cat(v) for k, v in out.items()}, (torch.cat(maps0) if keep_map0 else None)
 
 

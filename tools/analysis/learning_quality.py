@@ -231,10 +231,8 @@ def module_features(model, loader, max_images: int) -> Tuple[List[torch.Tensor],
     for batch in loader:
         data = model.data_preprocessor(batch, False)
         ctx = model.make_context(data['inputs'], data['data_samples'])
-        h = ctx.inputs
-        for k in range(model.num_units):
-            h = model.backbone.forward_module(k, model.module_input(k, h, ctx))
-            feats[k].append(F.adaptive_avg_pool2d(model.backbone.to_map(h, ctx.img_hw).float(), 2).flatten(1).cpu())
+        for k, fmap in enumerate(model.module_outputs(ctx.inputs)):
+            feats[k].append(F.adaptive_avg_pool2d(fmap.float(), 2).flatten(1).cpu())
         labels.append(ctx.targets.cpu() if ctx.targets.dim() == 1 else ctx.targets.argmax(1).cpu())
         images.append(F.adaptive_avg_pool2d(ctx.image01(), 8).flatten(1).cpu())
         seen += len(labels[-1])

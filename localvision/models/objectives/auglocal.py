@@ -116,7 +116,8 @@ class AugLocal(LocalObjective):
                                          f'block {blocks.info(i).name} (after {blocks.info(cut).name})'))
             c, r = blocks.info(i).num_chs, blocks.info(i).reduction
         self.adapters = nn.ModuleList(adapters)
-        base = dict(base or dict(type='Greedy', head=dict(type='PoolLinearHead')))
+        if base is None:  # the local model fills it with the task's greedy objective
+            raise InputError('model.local_objective.base is required for AugLocal (the objective on its output)')
         if takes_blocks(base.get('type')):
             raise InputError(f"model.local_objective.base cannot be {base.get('type')}")
         self.base = build_objective(dict(base_kwargs, **base), c, num_classes, module_index, num_modules, in_stride=r)

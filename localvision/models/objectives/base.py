@@ -117,12 +117,16 @@ def per_module_configs(cfg: Union[dict, Sequence[dict], None], num_local: int,
     return cfgs
 
 
+def objective_class(objective_type) -> Optional[type]:
+    """The class registered as ``objective_type`` (``None`` for anything else)."""
+    return OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
+
+
 def takes_blocks(objective_type) -> bool:
     """Whether the objective registered as ``objective_type`` builds on the blocks after its cut
     (``LocalObjective.takes_blocks``: AugLocal, MAN, HPFF); such an objective gets the module output
     as the block hands it on (a map, an NHWC map or tokens), the others an NCHW map."""
-    cls = OBJECTIVES.get(objective_type) if isinstance(objective_type, str) else None
-    return bool(getattr(cls, 'takes_blocks', False))
+    return bool(getattr(objective_class(objective_type), 'takes_blocks', False))
 
 
 def build_objective(cfg: dict, in_channels: int, num_classes: int, module_index: int,

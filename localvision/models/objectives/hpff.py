@@ -139,9 +139,9 @@ class HPFF(LocalObjective):
         if cascade_weight == 0:
             raise InputError('model.local_objective.cascade_weight=0 leaves only the independent term; use that '
                              'objective itself instead of HPFF')
-        default = dict(type='Greedy', head=dict(type='PoolLinearHead'))
-        base, independent = dict(base or default), dict(independent or default)
         for name, cfg in (('base', base), ('independent', independent)):
+            if cfg is None:  # the local model fills both with the task's greedy objective
+                raise InputError(f'model.local_objective.{name} is required for HPFF')
             if takes_blocks(cfg.get('type')):
                 raise InputError(f"model.local_objective.{name} cannot be {cfg.get('type')} (an objective on later "
                                  'blocks itself)')

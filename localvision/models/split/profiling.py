@@ -156,7 +156,8 @@ def profile_saved_bytes(seq: BlockSequence, input_shape: Sequence[int], batch_si
     """Dry-run one training forward and measure saved-for-backward bytes (see :class:`SplitProfile`).
 
     ``exit_loss(block_index, block_output)`` is the auxiliary objective a module ending at that
-    block would get (on the output as the block hands it on: a map, an NHWC map or tokens), ``tail_loss(last_output)`` the task heads and losses after the final norm.
+    block would get (on the output as the block hands it on: a map, an NHWC map or tokens),
+    ``tail_loss(last_output)`` the task heads and losses after the final norm.
     Checkpointed objectives run plainly here, so their full cost is measured.
     """
     params = [p for p in seq.model.parameters()]
