@@ -195,14 +195,13 @@ def with_checkpointing(cfg: Config) -> Config:
 def objective_on(name: str, current) -> dict:
     """``model.local_objective`` for objective ``name``: built on the config's objective (its
     ``base``) where ``name`` takes one and the config's objective is a single plain one."""
-    import localvision.models  # noqa: F401  (fills the registry)
-    from localvision.registry import OBJECTIVES
-    cls = OBJECTIVES.get(name)
+    from localvision.models.objectives.base import objective_class, registered_objectives, takes_blocks
+    cls = objective_class(name) if name in registered_objectives() else None  # (fills the registry)
     if cls is None:
         raise SystemExit(f'error: --objectives: {name!r} is not a registered local objective; allowed: '
-                         f'{sorted(OBJECTIVES.module_dict)}')
+                         f'{registered_objectives()}')
     obj = dict(type=name)
-    plain = isinstance(current, dict) and not getattr(OBJECTIVES.get(current.get('type')), 'takes_blocks', False)
+    plain = isinstance(current, dict) and not takes_blocks(current.get('type'))
     if 'base' in getattr(cls, 'nested_objectives', ()) and plain:
         obj['base'] = copy.deepcopy(dict(current))
     return obj
