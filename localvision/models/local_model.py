@@ -22,6 +22,7 @@ crosses a cut.
 """
 from __future__ import annotations
 
+import functools
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -134,7 +135,8 @@ class LocalLearningModel(metaclass=ABCMeta):
             ranges = bb.module_ranges()
             self.objectives = nn.ModuleList(
                 build_objective(c, bb.out_channels(i), num_classes, i, k, in_stride=bb.module_reduction(i),
-                                blocks=LaterBlocks(bb.seq, ranges[i + 1].start, ranges[i + 1].stop, bb.run_block))
+                                blocks=LaterBlocks(bb.seq, ranges[i + 1].start, ranges[i + 1].stop,
+                                                   functools.partial(bb.forward_module, i + 1)))
                 for i, c in enumerate(cfgs))
             outs = [bb.out_channels(i) for i in range(bb.num_modules)]
             self.context = build_context(context, [bb.input_size[0]] + outs[:-1], outs,

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .block_sequence import BlockInfo, BlockSequence, to_block_sequence
+from .block_sequence import BlockInfo, BlockSequence, run_blocks, to_block_sequence
 
 Tensor = torch.Tensor
 
@@ -69,16 +69,17 @@ class LaterBlocks:
         first: index of the first block after the cut (the next module's first block).
         stop: one past the next module's last block (default ``first + 1``: while the split is
             being profiled the next module is not known yet, and one block stands for it).
-        run_block: how the backbone runs block ``i`` (``StagedTimm.run_block``: activation
-            checkpointing when it is on); default the block itself.
+        next_module: the backbone's forward of the next module (``StagedTimm.forward_module`` of
+            module k+1: its blocks as the backbone runs them, checkpointing included); default its
+            blocks ``first..stop-1`` run plainly (:func:`run_blocks`).
     """
 
     def __init__(self, seq: BlockSequence, first: int, stop: Optional[int] = None,
-                 run_block: Optional[Callable[[int, Tensor], Tensor]] = None) -> None:
+                 next_module: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         self.seq = seq
         self.first = int(first)
         self.stop = self.first + 1 if stop is None else int(stop)
-        self._run_block = run_block
+        self._next_module = next_module
 
     def info(self, i: int) -> BlockInfo:
         """Block ``i`` (a flat index of the backbone)."""
@@ -105,10 +106,8 @@ class LaterBlocks:
         return self.seq.to_map(x, img_hw)
 
     def forward_next(self, x: Tensor) -> Tensor:
-        """The live next module (blocks ``first..stop-1``, and the final norm when it ends the
-        backbone) on ``x``, as the backbone runs it; gradients reach its live weights."""
-        for i in range(self.first, self.stop):
-            x = self._run_block(i, x) if self._run_block is not None else self.seq.blocks[i](x)
-        if self.stop >= len(self.seq):
-            x = self.seq.final_norm(x)
-        return x
+        """The live next module on ``x`` (and the final norm when it ends the backbone), as the
+        backbone runs it; gradients reach its live weights."""
+        if self._next_module is not None:
+            return self._next_module(x)
+        return run_blocks(self.seq, x, self.first, self.stop - 1, apply_final_norm=self.stop >= len(self.seq))
