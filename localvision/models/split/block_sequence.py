@@ -13,11 +13,21 @@ one's output), the submodules before timm's ``stages`` / ``blocks`` / ``layers``
 ``layer1``...) sequence are the stem, each stage is split into the elements of its block
 container (a downsample runs with the stage's first block), shape-changing head convs
 (``conv_head``, ``final_conv``) end the last block, and the shape-keeping rest is the final
-norm. Hand-written readers remain where blocks need more than ``x`` (ViT position embedding,
-EVA's RoPE, BEiT's relative position bias) or where configs rely on their names (ResNet,
-ConvNeXt). Models whose forward is not such a chain (parallel branches, as in HRNet) are
-refused with one line saying why. Block outputs reach the auxiliary nets as NCHW maps
-(``to_map``: NHWC maps permuted, token sequences laid on the patch grid).
+norm. A chain without such a sequence (VGG's ``features.0..``, Inception's ``Mixed_*``,
+Xception's ``block1..``, DPN) is read unit by unit (:func:`_unit_blocks`): every submodule with
+parameters other than a norm starts a block, norms and activations run with the block before,
+shape-changing parameter-free modules (pools) with the block after; the leading single convs
+are the stem (the first block if all are), and a new stage begins at each block that halves
+the resolution, so stages follow the output stride. One module that runs everything (DenseNet's
+``features``, an ``encoder``) is read inside. Layout changes that the forward runs between two
+submodules (``permute`` / ``transpose`` / ``flatten`` with dims only, as in LeViT and NesT) are
+recorded by the trace and replayed as parameter-free steps (:class:`_Layout`) of the chain; any
+other computation between submodules (a reshape to traced sizes, a position embedding added)
+still breaks the chain. Hand-written readers remain where blocks need more than ``x`` (ViT
+position embedding, EVA's RoPE, BEiT's relative position bias) or where configs rely on their
+names (ResNet, ConvNeXt). Models whose forward is not such a chain (parallel branches, as in
+HRNet) are refused with one line saying why. Block outputs reach the auxiliary nets as NCHW
+maps (``to_map``: NHWC maps permuted, token sequences laid on the patch grid).
 
 The timm model stays the only owner of its parameters: blocks are plain callables that call
 its submodules, so ``state_dict`` keys are exactly timm's and an exported checkpoint loads in
@@ -221,6 +231,55 @@ class _Traced(NamedTuple):
     out: Tensor
 
 
+# layout changes that depend on no size: a forward may run them between two submodules
+_LAYOUT_OPS = frozenset({torch.Tensor.permute, torch.permute, torch.Tensor.transpose, torch.transpose,
+                         torch.Tensor.flatten, torch.flatten, torch.Tensor.contiguous})
+
+
+class _Layout(nn.Module):
+    """Layout changes (``permute`` / ``transpose`` / ``flatten`` with dims only) that a forward runs
+    between two of its submodules, replayed on any input."""
+
+    def __init__(self, ops: Sequence[Tuple[Callable, tuple, dict]]) -> None:
+        super().__init__()
+        self.ops = tuple(ops)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for func, args, kwargs in self.ops:
+            x = func(x, *args, **kwargs)
+        return x
+
+    def extra_repr(self) -> str:
+        return ', '.join(f"{f.__name__}{tuple(a)}" for f, a, _ in self.ops)
+
+
+def _dims_only(v: Any) -> bool:
+    return isinstance(v, int) or (isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v))
+
+
+class _LayoutRecorder(torch.overrides.TorchFunctionMode):
+    """Records the layout ops run outside every listed submodule (``depth`` 0): for each result,
+    the tensor it came from and the ops from there."""
+
+    def __init__(self, depth: List[int]) -> None:
+        super().__init__()
+        self.depth = depth
+        self.made: dict = {}  # id(result) -> (source tensor, ops, result); holds the tensors alive
+
+    def source(self, t: Any) -> Tuple[Any, tuple]:
+        entry = self.made.get(id(t))
+        return (entry[0], entry[1]) if entry is not None and entry[2] is t else (t, ())
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if (self.depth[0] == 0 and func in _LAYOUT_OPS and args and torch.is_tensor(args[0]) and torch.is_tensor(out)
+                and all(_dims_only(a) for a in args[1:]) and all(_dims_only(v) for v in kwargs.values())):
+            src, ops = self.source(args[0])
+            self.made[id(out)] = (src, ops + ((func, tuple(args[1:]), dict(kwargs)),), out)
+        return out
+
+
 def _trace_chain(fn: Callable[[Tensor], Tensor], x: Tensor,
                  named: Sequence[Tuple[str, nn.Module]]) -> Tuple[Optional[List[_Traced]], str]:
     """The submodules of ``named`` that ``fn(x)`` runs as a pure chain, in call order.
@@ -228,7 +287,9 @@ def _trace_chain(fn: Callable[[Tensor], Tensor], x: Tensor,
     A chain: each module is called once, with one positional argument that is the previous
     module's output (``x`` for the first), and the last output is ``fn``'s result. Modules
     called inside another listed module are not counted (a container called as a whole hides
-    its children). Returns ``(None, why)`` when the forward is not such a chain.
+    its children). Layout changes between two modules (LeViT's ``flatten(2).transpose(1, 2)``,
+    Nest's ``permute`` around its norm) join the chain as :class:`_Layout` steps. Returns
+    ``(None, why)`` when the forward is not such a chain.
     """
     events: List[Tuple[str, str, nn.Module, Any]] = []
     depth = [0]
@@ -251,25 +312,38 @@ def _trace_chain(fn: Callable[[Tensor], Tensor], x: Tensor,
     for name, mod in named:
         handles.append(mod.register_forward_pre_hook(pre(name), with_kwargs=True))
         handles.append(mod.register_forward_hook(post(name)))
+    recorder = _LayoutRecorder(depth)
     try:
-        result = fn(x)
+        with recorder:
+            result = fn(x)
     finally:
         for h in handles:
             h.remove()
+
+    def layout_from_prev(name: str, t: Any) -> Optional[_Traced]:
+        src, ops = recorder.source(t)
+        return _Traced(f'{name}.layout', _Layout(ops), t) if ops and src is prev else None
+
     chain: List[_Traced] = []
     prev, seen = x, set()
     for (_, name, mod, (args, kwargs)), (_, _, _, out) in zip(events[0::2], events[1::2]):
         if kwargs or len(args) != 1:
             return None, f'{name} is called with extra inputs'
         if args[0] is not prev:
-            return None, f"{name}'s input is not the previous submodule's output"
+            layout = layout_from_prev(name, args[0])
+            if layout is None:
+                return None, f"{name}'s input is not the previous submodule's output"
+            chain.append(layout)
         if name in seen:
             return None, f'{name} is called twice'
         seen.add(name)
         chain.append(_Traced(name, mod, out))
         prev = out
     if result is not prev:
-        return None, 'the output is not computed by its last submodule'
+        layout = layout_from_prev(chain[-1].name if chain else 'input', result)
+        if layout is None or not chain:
+            return None, 'the output is not computed by its last submodule'
+        chain.append(layout)
     return chain, ''
 
 
@@ -316,7 +390,8 @@ def _run_all(mods: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], T
 def _stage_blocks(name: str, stage: nn.Module, x: Tensor) -> List[Tuple[str, List[nn.Module]]]:
     """A stage as blocks ``(name, modules run in a row)``: the elements of its block container
     (``blocks`` / ``layers``, else any Sequential) or, without one, its submodules; the other
-    submodules (downsample, norms) run with the next block, or the previous one at the end."""
+    submodules (downsample, norms) run with the next block, or the previous one at the end. A
+    layout change (:class:`_Layout`) never makes a block of its own."""
     chain, _ = _chain(stage, x, f'{name}.')
     if not chain:
         return [(name, [stage])]
@@ -337,7 +412,94 @@ def _stage_blocks(name: str, stage: nn.Module, x: Tensor) -> List[Tuple[str, Lis
         items[0] = (items[0][0], pending + items[0][1])
         pending = []
         blocks.extend(items)
-    return blocks
+    merged: List[Tuple[str, List[nn.Module]]] = []
+    for bname, mods in blocks:
+        if merged and all(isinstance(m, _Layout) for m in merged[-1][1]):
+            mods = merged.pop()[1] + mods
+        merged.append((bname, mods))
+    if len(merged) > 1 and all(isinstance(m, _Layout) for m in merged[-1][1]):
+        merged[-2][1].extend(merged.pop()[1])
+    return merged
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def _param_leaves(m: nn.Module) -> List[nn.Module]:
+    """The submodules of ``m`` (itself included) that hold parameters directly."""
+    return [c for c in m.modules() if next(c.parameters(recurse=False), None) is not None]
+
+
+def _starts_block(m: nn.Module) -> bool:
+    """Whether ``m`` has parameters outside norm layers (a norm or an activation only ends a block)."""
+    return any(not isinstance(c, _NORMS) for c in _param_leaves(m))
+
+
+def _single_conv(mods: Sequence[nn.Module]) -> bool:
+    """At most one conv / linear among the parameters of ``mods`` (a stem layer, not a block)."""
+    return sum(not isinstance(c, _NORMS) for m in mods for c in _param_leaves(m)) <= 1
+
+
+def _resolution(t: Any, channels_last: bool) -> Optional[int]:
+    """Spatial positions of an output: H * W of a map, the length of a token sequence."""
+    if not torch.is_tensor(t) or t.dim() < 3:
+        return None
+    return t.shape[1] if t.dim() == 3 else math.prod(t.shape[1:3] if channels_last else t.shape[2:])
+
+
+def _unit_blocks(model: nn.Module, chain: List[_Traced], x: Tensor
+                 ) -> Tuple[List[Tuple[str, int, List[nn.Module]]], str]:
+    """A chain without a stage sequence, read unit by unit: ``[(name, stage, modules)]`` with the
+    stem first (stage 0), or ``([], why)``.
+
+    Container elements of the chain are read inside (InceptionResNetV2's ``repeat``). Each unit
+    with parameters outside norms starts a block; norms, activations and other shape-keeping
+    units end the block before, shape-changing parameter-free units (pools) start the block
+    after. The leading single-conv blocks are the stem (the first block when all are single
+    convs, as in VGG); a block whose first parametrised unit at least halves the number of spatial
+    positions starts a stage (a padding-free 3x3 conv does not).
+    """
+    units: List[_Traced] = []
+    inputs: List[Any] = []
+    prev = x
+    for t in chain:
+        inner = _chain(t.module, prev, f'{t.name}.')[0] if isinstance(t.module, _CONTAINERS) else None
+        for u in inner or [t]:
+            units.append(u)
+            inputs.append(prev)
+            prev = u.out
+    # groups of unit indices: [start unit, ...]; ``lead`` is the index of the unit that starts it
+    groups: List[List[int]] = []
+    leads: List[int] = []
+    pending: List[int] = []
+    for i, u in enumerate(units):
+        if _starts_block(u.module):
+            groups.append(pending + [i])
+            leads.append(i)
+            pending = []
+        elif not groups or pending or (next(u.module.parameters(), None) is None
+                                       and getattr(u.out, 'shape', None) != getattr(inputs[i], 'shape', None)):
+            pending.append(i)
+        else:
+            groups[-1].append(i)
+    if len(groups) < 2:
+        return [], f'it runs {len(groups)} submodule(s) with parameters besides norms ({[u.name for u in units]})'
+    groups[-1].extend(pending)
+    for g in groups[:-1]:
+        if not torch.is_tensor(units[g[-1]].out):
+            return [], f'{units[g[-1]].name} outputs a {type(units[g[-1]].out).__name__}, not a tensor'
+    n_stem = next((i for i, g in enumerate(groups) if not _single_conv([units[j].module for j in g])), len(groups))
+    n_stem = 1 if n_stem in (0, len(groups)) else n_stem
+    channels_last = getattr(model, 'output_fmt', 'NCHW') == 'NHWC'
+    out = [('stem', 0, [units[j].module for g in groups[:n_stem] for j in g])]
+    stage = 0
+    for g, lead in zip(groups[n_stem:], leads[n_stem:]):
+        r_in = _resolution(inputs[g[0]], channels_last)
+        r_lead = _resolution(units[lead].out, channels_last)
+        if stage == 0 or (r_in is not None and r_lead is not None and 2 * r_lead <= r_in):
+            stage += 1
+        out.append((units[lead].name, stage, [units[j].module for j in g]))
+    return out, ''
 
 
 def _nchw_map(model: nn.Module) -> Callable[[Tensor, Tuple[int, int]], Tensor]:
@@ -397,8 +559,8 @@ def _generic(model: nn.Module) -> BlockSequence:
                 raise InputError(f'{cls} cannot be split: forward_features is not a chain of submodules ({why}; '
                                  'e.g. parallel branches or extra block inputs)')
             prefix = ''
-            while chain and len(chain) == 1 and isinstance(chain[0].module, _CONTAINERS):
-                # one container runs everything (DenseNet's ``features``): read inside it
+            while chain and len(chain) == 1 and next(chain[0].module.children(), None) is not None:
+                # one module runs everything (DenseNet's ``features``, an ``encoder``): read inside it
                 prefix = f'{chain[0].name}.'
                 chain, why = _chain(chain[0].module, x, prefix)
             if chain is None:
@@ -407,8 +569,16 @@ def _generic(model: nn.Module) -> BlockSequence:
             if trunk and trunk[0] == 0 and len(trunk) > 1:  # the first stage is the stem (SENet's layer0)
                 trunk = trunk[1:]
             if not trunk or trunk[0] == 0:
-                raise InputError(f'{cls} cannot be split: no stem and stages/blocks/layers sequence found in '
-                                 f'forward_features (it runs {[t.name for t in chain]})')
+                # no stage sequence: the chain's own submodules are the blocks (VGG, Inception, Xception)
+                units, why = _unit_blocks(model, chain, x)
+                if not units:
+                    raise InputError(f'{cls} cannot be split: no stem and blocks found in forward_features ({why})')
+                blocks = [_run_all(mods) for _, _, mods in units]
+                infos, counts = [], {}
+                for i, (name, stage, mods) in enumerate(units):
+                    infos.append(BlockInfo(i, stage, counts.get(stage, 0), name, modules=list(mods)))
+                    counts[stage] = counts.get(stage, 0) + 1
+                return BlockSequence(cls.lower(), model, blocks, infos, nn.Identity(), _nchw_map(model))
             stem_mods = [t.module for t in chain[:trunk[0]]]
             blocks: List[Callable] = [_run_all(stem_mods)]
             infos = [BlockInfo(0, 0, 0, 'stem', modules=list(stem_mods))]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
 
 from localvision.errors import InputError
 from localvision.models.split import StagedTimm
+from localvision.models.split.block_sequence import run_blocks, to_block_sequence
 
 # (model name, timm kwargs, input size): small variants, small inputs where the model allows
 FAST = [
@@ -15,6 +17,9 @@ FAST = [
     ('regnetx_002', {}, 64),  # stem, s1..s4 with named blocks b1..
     ('swin_tiny_patch4_window7_224', dict(img_size=64, window_size=4), 64),  # NHWC maps
     ('deit3_small_patch16_224', dict(img_size=64), 64),
+    ('vgg11', {}, 32),  # no stage container: the chain's units are the blocks, pools run with the next
+    ('dpn48b', {}, 64),  # units of a single ``features`` container, the final BnAct ends the last block
+    ('levit_128s', {}, 224),  # ``flatten(2).transpose(1, 2)`` between the stem and the stages
 ]
 SLOW = [
     ('efficientnet_b0', {}, 64),  # conv_head ends the last block (it changes channels), bn2 is the final norm
@@ -28,12 +33,17 @@ SLOW = [
     ('maxvit_nano_rw_256', dict(img_size=128), 128),
     ('efficientformer_l1', {}, 224),  # tokens after the last downsample; attention biases fix the size
     ('beitv2_base_patch16_224', dict(img_size=64), 64),  # relative position bias per block
+    ('legacy_xception', {}, 64),  # conv1..act2 stem, block1..block12, conv3 / conv4 as blocks
+    ('inception_v3', {}, 96),  # Mixed_* blocks (75 px at least)
+    ('inception_resnet_v2', {}, 96),  # the ``repeat`` Sequentials read element by element
+    ('nest_tiny', dict(img_size=64), 64),  # ``norm(x.permute(...)).permute(...)`` after the levels
+    ('swinv2_cr_tiny_224', dict(img_size=64, window_size=4), 64),  # NCHW <-> NHWC inside every stage
 ]
 SAMPLE = [pytest.param(*c, id=c[0]) for c in FAST] + [pytest.param(*c, id=c[0], marks=pytest.mark.slow) for c in SLOW]
 # PoolFormerV2 is left out of the training step: its block backward on a detached input crashes
 # torch 2.13 on CPU (a segfault in plain timm too, without localvision)
 TRAIN = [pytest.param(*c, id=c[0], marks=() if c in FAST[:1] else pytest.mark.slow)
-         for c in FAST + SLOW[:6] if not c[0].startswith('poolformerv2')]
+         for c in FAST + SLOW[:6] + SLOW[-5:-4] if not c[0].startswith('poolformerv2')]
 
 
 def resplit(st: StagedTimm, k: int) -> StagedTimm:
@@ -93,3 +103,112 @@ def test_parallel_branches_are_refused_in_one_line():
     with pytest.raises(InputError, match='HighResolutionNet cannot be split') as err:
         StagedTimm('hrnet_w18_small', split=dict(num_modules=2, strategy='equal', input_size=(3, 64, 64)))
     assert '\n' not in str(err.value)
+
+
+# -- chains without a stage container: read unit by unit ---------------------------------------------
+class _Chain(nn.Module):
+    """A tiny timm-like model whose ``forward_features`` runs ``self.features`` (a chain)."""
+    pretrained_cfg = dict(input_size=(3, 32, 32))
+
+    def __init__(self, *mods: nn.Module) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*mods)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+
+class _Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.conv(x), x
+
+
+class _Unpair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, xs):
+        return self.conv(xs[0] + xs[1])
+
+
+class _Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x).relu())
+
+
+def test_unit_by_unit_reading_of_a_chain():
+    """Single convs lead (the stem), a pool runs with the block after, a norm / activation with the
+    block before, a stage starts where the resolution halves; blocks in a row equal the forward."""
+    model = _Chain(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                   nn.MaxPool2d(2), _Block(8, 16), nn.ReLU(), _Block(16, 16), _Block(16, 32, stride=2),
+                   nn.BatchNorm2d(32)).eval()
+    seq = to_block_sequence(model)
+    f = model.features
+    assert [(i.stage, i.index_in_stage, i.name) for i in seq.infos] == [
+        (0, 0, 'stem'), (1, 0, 'features.5'), (1, 1, 'features.7'), (2, 0, 'features.8')]
+    assert [i.modules for i in seq.infos] == [[f[0], f[1], f[2], f[3]], [f[4], f[5], f[6]], [f[7]], [f[8], f[9]]]
+    assert isinstance(seq.final_norm, nn.Identity) and seq.index_of((2, 0)) == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run_blocks(seq, x, 0, len(seq) - 1, True), model.forward_features(x),
+                                   rtol=0, atol=0)
+
+
+def test_vgg_stages_follow_the_output_stride():
+    st = StagedTimm('vgg11', split=dict(num_modules=2, strategy='equal', input_size=(3, 32, 32)))
+    assert [(i.stage, i.reduction) for i in st.seq.infos] == [
+        (0, 1), (1, 2), (2, 4), (2, 4), (3, 8), (3, 8), (4, 16), (4, 32)]
+    assert st.level_blocks == [1, 3, 5, 7]
+
+
+@pytest.mark.parametrize('model,why', [
+    (_Chain(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()), 'it runs 1 submodule'),
+    (_Chain(nn.Conv2d(3, 8, 3), _Pair(), _Unpair()), 'features.1 outputs a tuple, not a tensor'),
+], ids=['one-unit', 'tuple'])
+def test_chains_that_cannot_be_read_unit_by_unit_are_refused_in_one_line(model, why):
+    with pytest.raises(InputError, match='_Chain cannot be split: no stem and blocks found') as err:
+        to_block_sequence(model)
+    assert why in str(err.value) and '\n' not in str(err.value)
+
+
+class _Tokens(nn.Module):
+    """Layout changes between submodules: ``stem -> flatten/transpose -> blocks -> norm -> transpose``."""
+    pretrained_cfg = dict(input_size=(3, 16, 16))
+
+    def __init__(self, reshape: bool = False) -> None:
+        super().__init__()
+        self.reshape = reshape
+        self.stem = nn.Conv2d(3, 8, 4, 4)
+        self.blocks = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+        self.norm = nn.LayerNorm(8)
+
+    def forward_features(self, x):
+        x = self.stem(x)
+        # a reshape to sizes read off the input holds for that size only: not a layout change
+        x = x.reshape(x.shape[0], 8, -1).transpose(1, 2) if self.reshape else x.flatten(2).transpose(1, 2)
+        return self.norm(self.blocks(x)).transpose(1, 2)
+
+
+def test_layout_changes_between_submodules_run_with_the_blocks():
+    model = _Tokens().eval()
+    seq = to_block_sequence(model)
+    assert [i.name for i in seq.infos] == ['stem', 'blocks.0', 'blocks.1']
+    assert [type(m).__name__ for m in seq.infos[0].modules] == ['Conv2d', '_Layout']
+    assert [type(m).__name__ for m in seq.infos[-1].modules] == ['Linear', 'LayerNorm', '_Layout']
+    for size in (16, 32):  # replayed on any input size
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(run_blocks(seq, x, 0, len(seq) - 1, True), model.forward_features(x),
+                                       rtol=0, atol=0)
+    with pytest.raises(InputError, match="_Tokens cannot be split: .*blocks's input is not the previous"):
+        to_block_sequence(_Tokens(reshape=True))
