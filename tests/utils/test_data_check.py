@@ -19,6 +19,7 @@ CASES = [
     ('configs/det/retinanet_r18_infopro_k2_demo.py', 'ShapesDetDataset', 'make_demo_data.py det'),
     ('configs/cls/cifar_resnet32_greedy_k2.py', 'CIFAR10', 'cifar-10-python.tar.gz'),
     ('configs/cls/cifar_resnet32_shapes_greedy_k4.py', 'CustomDataset', 'make_demo_data.py cls'),
+    ('configs/cls/cifar_resnet32_forms_greedy_k4.py', 'CustomDataset', 'make_demo_data.py forms'),
     ('configs/cls/imagenet_resnet101_infopro_k2.py', 'ImageNet', "mmpretrain's ImageNet reads it"),
 ]
 

@@ -4,6 +4,8 @@
                                             [--train-per-class 500] [--val-per-class 100]
     python tools/misc/make_demo_data.py rel [--out data/lv_relational_cls] [--size 32] [--seed 0]
                                             [--train-per-class 500] [--val-per-class 125] [--annotations]
+    python tools/misc/make_demo_data.py forms [--out data/lv_forms_cls] [--size 32] [--seed 0]
+                                              [--train-per-class 500] [--val-per-class 125]
     python tools/misc/make_demo_data.py seg [--out data/lv_shapes_seg] [--size 64] [--seed 0]
                                             [--num-train 400] [--num-val 100]
     python tools/misc/make_demo_data.py det [--out data/lv_shapes_det] [--size 128] [--seed 0]
@@ -64,6 +66,23 @@ def add_rel_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_rel)
 
 
+def run_forms(args: argparse.Namespace) -> Path:
+    from localvision.datasets.forms import make_forms_classification
+    return make_forms_classification(args.out, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                                     image_size=args.size, seed=args.seed)
+
+
+def add_forms_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('forms', help='global-form image classification: 8 figures (circle, square, ..., U) '
+                                            'drawn by 12 small elements of a random kind (ImageFolder layout)')
+    p.add_argument('--out', default='data/lv_forms_cls', help='output folder (default: %(default)s)')
+    p.add_argument('--size', type=int, default=32, help='image side in pixels (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
+    p.add_argument('--train-per-class', type=int, default=500, help='training images per class (default: %(default)s)')
+    p.add_argument('--val-per-class', type=int, default=125, help='validation images per class (default: %(default)s)')
+    p.set_defaults(func=run_forms)
+
+
 def run_seg(args: argparse.Namespace) -> Path:
     from localvision.datasets.synthetic_seg import make_shapes_segmentation
     return make_shapes_segmentation(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.size,
@@ -113,8 +132,8 @@ def add_inst_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_inst)
 
 
-SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_rel_parser, add_seg_parser,
-                                                                    add_det_parser, add_inst_parser]
+SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_rel_parser, add_forms_parser,
+                                                                    add_seg_parser, add_det_parser, add_inst_parser]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
