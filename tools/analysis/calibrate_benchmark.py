@@ -1,6 +1,6 @@
 """How much of a classification set's label simple features give away, before ranking methods on it.
 
-    python tools/analysis/calibrate_benchmark.py [--data-root data/lv_relational_cls]
+    python tools/analysis/calibrate_benchmark.py [--data-root data/lv_forms_cls]
         [--config configs/cls/cifar_resnet32_shapes_greedy_k4.py] [--init-seeds 0 1 2]
         [--all-modules] [--max-train 0] [--max-val 0] [--out FILE.json]
 
@@ -58,7 +58,7 @@ WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--data-root', default='data/lv_relational_cls', help='ImageFolder root (default: %(default)s)')
+    p.add_argument('--data-root', default='data/lv_forms_cls', help='ImageFolder root (default: %(default)s)')
     p.add_argument('--config', default=DEFAULT_CONFIG,
                    help='config whose backbone, split and normalisation are used (default: %(default)s)')
     p.add_argument('--init-seeds', type=int, nargs='+', default=[0, 1, 2],

@@ -2,13 +2,15 @@
 
     python tools/analysis/learning_quality.py [CONFIG] [--methods e2e greedy dgl infopro_softmax
         infopro_contrast contsup_r1e ...] [--ks 4] [--epochs 3] [--train-per-class 200]
-        [--data-root data/lv_shapes_cls] [--batch-size 64] [--out-dir DIR] [--cfg-options k=v ...]
+        [--data-root data/lv_forms_cls] [--batch-size 64] [--out-dir DIR] [--cfg-options k=v ...]
 
 Every method is trained from the same seed with the config's recipe (optimizer, data pipeline)
 for ``--epochs`` epochs (a one-epoch linear warm-up, then cosine decay), then evaluated on the
-validation split. CONFIG defaults to ``configs/cls/cifar_resnet32_shapes_greedy_k4.py``, which
-trains on the built-in set (``python tools/misc/make_demo_data.py cls``); ``--data-root`` points it
-at any ImageFolder (``<root>/train/<class>/*``, ``<root>/val/<class>/*``).
+validation split. CONFIG defaults to ``configs/cls/cifar_resnet32_forms_greedy_k4.py``, which
+trains on the built-in global-form set (``python tools/misc/make_demo_data.py forms``: its label is
+a figure that small, irrelevant elements draw together, so a module that keeps only local evidence
+loses it); ``configs/cls/cifar_resnet32_shapes_greedy_k4.py`` trains on the shapes set (``cls``);
+``--data-root`` points either at any ImageFolder (``<root>/train/<class>/*``, ``<root>/val/<class>/*``).
 
 For each method and K the table gives:
 
@@ -51,7 +53,7 @@ from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: 
 from localvision.utils.probes import linear_probe_top1, linear_recon_error  # noqa: E402
 
 
-DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_shapes_greedy_k4.py'
+DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_forms_greedy_k4.py'
 # InfoPro's (lambda1_first, lambda2_first, lambda1_last, lambda2_last) for ResNet-32 on CIFAR-10
 INFOPRO_LAMBDAS = {2: (5, 1, 0, 0), 4: (6, 0, 1, 2), 8: (5, 0, 0, 2), 16: (5, 0.05, 0.2, 0.5)}
 
