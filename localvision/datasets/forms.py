@@ -32,26 +32,23 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .relational import OBJECT_SHAPES, _SHAPES, _far_colours
+from .relational import OBJECT_SHAPES, _far_colours, draw_objects, image_rng
 from .synthetic import generate_set
 
 __all__ = ['FORM_CLASSES', 'DEMO_FORMS_DIRNAME', 'DEMO_FORMS_COMMAND', 'make_forms_classification',
            'render_form_image', 'form_points', 'image_rng']
 
 #: Bumped whenever the rendering changes, so an old set on disk is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Folder name of the built-in forms set and the command that makes it.
 DEMO_FORMS_DIRNAME = 'lv_forms_cls'
 DEMO_FORMS_COMMAND = 'python tools/misc/make_demo_data.py forms'
 
-_SUPERSAMPLE = 4
-_SPLITS = {'train': 0, 'val': 1}
 _NUM_ELEMENTS = 12
 _SCALE = (0.28, 0.36)        # figure radius, fraction of the image side
 _SHIFT = 0.08                # figure centre offset from the image centre, each axis
 _JITTER = 0.02               # std of each element's offset from its place on the figure
 _ELEMENT_RADIUS = (0.05, 0.065)
-_NOISE = 6.0                 # std of the pixel noise (0-255 scale)
 
 Stroke = Sequence[Tuple[float, float]]
 # Each figure is a list of strokes (polylines, in units of the figure radius, y down); a closed
@@ -94,11 +91,6 @@ def form_points(name: str, n: int = _NUM_ELEMENTS) -> np.ndarray:
     return np.stack(out)
 
 
-def image_rng(seed: int, split: str, class_index: int, index: int) -> np.random.Generator:
-    """The RNG of image ``index`` of class ``class_index`` (in :data:`FORM_CLASSES`) in ``split``."""
-    return np.random.default_rng([seed, _SPLITS[split], class_index, index])
-
-
 def render_form_image(class_name: str, rng: np.random.Generator, image_size: int = 32,
                       return_info: bool = False):
     """Render one ``image_size`` x ``image_size`` RGB ``uint8`` image of form ``class_name``.
@@ -117,16 +109,7 @@ def render_form_image(class_name: str, rng: np.random.Generator, image_size: int
     colour = _far_colours(rng, background)[0]
     radius = rng.uniform(*_ELEMENT_RADIUS) * size
 
-    big = image_size * _SUPERSAMPLE
-    canvas = np.empty((big, big, 3), np.float32)
-    canvas[:] = background
-    ys, xs = np.mgrid[0:big, 0:big].astype(np.float32) + np.float32(0.5)
-    r = np.float32(radius * _SUPERSAMPLE)
-    for cx, cy in centres * _SUPERSAMPLE:
-        canvas[_SHAPES[element]((xs - np.float32(cx)) / r, (ys - np.float32(cy)) / r)] = colour
-    small = canvas.reshape(image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
-    small += rng.normal(0, _NOISE, small.shape)
-    img = np.clip(np.rint(small), 0, 255).astype(np.uint8)
+    img = draw_objects(image_size, background, [(c, radius, element, colour) for c in centres], rng)
     if not return_info:
         return img
     info = dict(form=class_name, background=[int(c) for c in background], element=element,

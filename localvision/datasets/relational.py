@@ -56,7 +56,7 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -64,7 +64,7 @@ from PIL import Image
 from .synthetic import generate_set
 
 __all__ = ['RELATIONAL_CLASSES', 'OBJECT_SHAPES', 'FACTORS', 'DEMO_REL_DIRNAME', 'DEMO_REL_COMMAND',
-           'make_relational_classification', 'render_relational_image', 'image_rng', 'class_factors',
+           'make_relational_classification', 'render_relational_image', 'draw_objects', 'image_rng', 'class_factors',
            'list_images']
 
 #: Bumped whenever the rendering changes, so an old set on disk is regenerated.
@@ -122,7 +122,7 @@ def class_factors(class_name: str) -> Dict[str, str]:
 
 
 def image_rng(seed: int, split: str, class_index: int, index: int) -> np.random.Generator:
-    """The RNG of image ``index`` of class ``class_index`` (in :data:`RELATIONAL_CLASSES`) in ``split``."""
+    """The RNG of image ``index`` of class ``class_index`` (in the set's class list) in ``split``."""
     return np.random.default_rng([seed, _SPLITS[split], class_index, index])
 
 
@@ -137,6 +137,24 @@ def _far_colours(rng: np.random.Generator, background: np.ndarray) -> Tuple[np.n
         if score >= _MIN_COLOUR_DIST:
             break
     return best
+
+
+def draw_objects(image_size: int, background: np.ndarray,
+                 objects: Iterable[Tuple[Sequence[float], float, str, np.ndarray]],
+                 rng: np.random.Generator) -> np.ndarray:
+    """An RGB ``uint8`` image: ``background`` with each ``(centre (x, y), radius, shape, colour)``
+    object painted on a 4x supersampled grid and box-filtered down (antialiased edges), plus pixel
+    noise drawn from ``rng``. Centres and radii are in output pixels; shapes are :data:`OBJECT_SHAPES`."""
+    big = image_size * _SUPERSAMPLE
+    canvas = np.empty((big, big, 3), np.float32)
+    canvas[:] = background
+    ys, xs = np.mgrid[0:big, 0:big].astype(np.float32) + np.float32(0.5)
+    for (cx, cy), r, shape, colour in objects:
+        r = np.float32(r * _SUPERSAMPLE)
+        canvas[_SHAPES[shape]((xs - np.float32(cx * _SUPERSAMPLE)) / r, (ys - np.float32(cy * _SUPERSAMPLE)) / r)] = colour
+    small = canvas.reshape(image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+    small += rng.normal(0, _NOISE, small.shape)
+    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
 
 
 def render_relational_image(class_name: str, rng: np.random.Generator, image_size: int = 32,
@@ -173,16 +191,7 @@ def render_relational_image(class_name: str, rng: np.random.Generator, image_siz
     c1, c2 = _far_colours(rng, background)  # drawn the same way for both colour classes
     colours = [c1, c1 if factors['colour'] == 'samecolour' else c2]
 
-    big = image_size * _SUPERSAMPLE
-    canvas = np.empty((big, big, 3), np.float32)
-    canvas[:] = background
-    ys, xs = np.mgrid[0:big, 0:big].astype(np.float32) + np.float32(0.5)
-    for (cx, cy), r, shape, colour in zip(centres * _SUPERSAMPLE, radii * _SUPERSAMPLE, shapes, colours):
-        mask = _SHAPES[shape]((xs - np.float32(cx)) / np.float32(r), (ys - np.float32(cy)) / np.float32(r))
-        canvas[mask] = colour
-    small = canvas.reshape(image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
-    small += rng.normal(0, _NOISE, small.shape)
-    img = np.clip(np.rint(small), 0, 255).astype(np.uint8)
+    img = draw_objects(image_size, background, zip(centres, radii, shapes, colours), rng)
     if not return_info:
         return img
     info = dict(factors, background=[int(c) for c in background],
