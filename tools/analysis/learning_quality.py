@@ -1,32 +1,37 @@
 """Learning quality of the local-learning methods: accuracy, peak memory and speed, side by side.
 
     python tools/analysis/learning_quality.py [CONFIG] [--methods e2e greedy dgl infopro_softmax
-        infopro_contrast contsup_r1e ...] [--ks 4] [--epochs 3] [--train-per-class 200]
-        [--data-root data/lv_forms_cls] [--batch-size 64] [--out-dir DIR] [--cfg-options k=v ...]
+        infopro_contrast contsup_e contsup_r1 contsup_r1e ...] [--ks 4] [--seeds 0 1 2] [--epochs 10]
+        [--train-per-class 375] [--data-root data/lv_forms_cls] [--batch-size 64] [--out-dir DIR]
+        [--cfg-options k=v ...]
 
-Every method is trained from the same seed with the config's recipe (optimizer, data pipeline)
-for ``--epochs`` epochs (a one-epoch linear warm-up, then cosine decay), then evaluated on the
-validation split. CONFIG defaults to ``configs/cls/cifar_resnet32_forms_greedy_k4.py``, which
-trains on the built-in global-form set (``python tools/misc/make_demo_data.py forms``: its label is
-a figure that small, irrelevant elements draw together, so a module that keeps only local evidence
-loses it); ``configs/cls/cifar_resnet32_shapes_greedy_k4.py`` trains on the shapes set (``cls``);
+Every method is trained from each seed with the config's recipe (optimizer, data pipeline) for
+``--epochs`` epochs (a one-epoch linear warm-up, then cosine decay) and validated after every
+epoch. CONFIG defaults to ``configs/cls/cifar_resnet32_forms_greedy_k4.py``, which trains on the
+built-in global-form set (``python tools/misc/make_demo_data.py forms``: its label is a figure that
+small, irrelevant elements draw together, so a module that keeps only local evidence loses it);
+``configs/cls/cifar_resnet32_shapes_greedy_k4.py`` trains on the shapes set (``cls``);
 ``--data-root`` points either at any ImageFolder (``<root>/train/<class>/*``, ``<root>/val/<class>/*``).
 
-For each method and K the table gives:
+For each method and K the table gives, as mean ± std over the seeds:
 
-- top-1 accuracy on the validation split after training;
+- top-1 accuracy on the validation split after the last epoch (final) and at its best epoch;
+- top-1 on the training split after training (eval mode): whether the budget fits the set;
 - peak training memory of one iteration (forward, backward, step), measured after training on
   a real training batch with :func:`localvision.utils.memory.measure_peak_memory` (CUDA
   allocator peak, or on CPU the exact peak of live tensor storages);
 - median seconds per training iteration (``train_step`` only, data loading excluded), timed
   after all runs in ``--timing-rounds`` rounds that interleave the methods on one real batch each,
-  so a busy machine slows them alike (the median during training is kept in the JSON too).
+  so a busy machine slows them alike (the median during training is kept in the JSON too);
+- the papers' information analysis per module: linear-probe top-1 of each module's output and
+  the error of a linear reconstruction of the image from it.
 
-Results go to ``learning_quality.json`` and ``learning_quality.png`` in ``--out-dir``; each finished
-run is also saved in ``<out-dir>/runs/<method>_k<K>/result.json``, and a later invocation with the
-same ``--out-dir`` and the same settings (config, epochs, seed, data, batch, lr, options) takes it
-from there instead of training it again (an interrupted sweep resumes). The run is short by design: differences of a point or two are within
-the noise of one seed.
+Results go to ``learning_quality.json`` (``summary``: one row per method and K; ``results``: every
+run) and ``learning_quality.png`` in ``--out-dir``; each finished run is also saved in
+``<out-dir>/runs/<method>_k<K>_s<seed>/result.json``, and a later invocation with the same
+``--out-dir`` and the same settings (config, epochs, seed, data, batch, lr, options) takes it from
+there instead of training it again: an interrupted sweep resumes, and a sweep can be extended by
+more seeds or Ks later.
 """
 from __future__ import annotations
 
@@ -58,28 +63,33 @@ DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_forms_greedy_k4.py'
 INFOPRO_LAMBDAS = {2: (5, 1, 0, 0), 4: (6, 0, 1, 2), 8: (5, 0, 0, 2), 16: (5, 0.05, 0.2, 0.5)}
 
 
-def infopro_lambdas(k: int) -> dict:
+def infopro_lambdas(k: int, override: Optional[List[float]] = None) -> dict:
     """The published ResNet-32 lambdas for K; for another K, those of the nearest published K >= 4
-    (their (first, last) schedules interpolate over any number of local modules; K=2's has one)."""
+    (their (first, last) schedules interpolate over any number of local modules; K=2's has one).
+    ``override``: (lambda1_first, lambda2_first, lambda1_last, lambda2_last) for every K."""
+    if override:
+        l1a, l2a, l1b, l2b = override
+        return dict(lambda_recon=(l1a, l1b), lambda_task=(l2a, l2b))
     key = k if k in INFOPRO_LAMBDAS else min((kk for kk in INFOPRO_LAMBDAS if kk >= 4), key=lambda kk: abs(kk - k))
     l1a, l2a, l1b, l2b = INFOPRO_LAMBDAS[key]
     return dict(lambda_recon=(l1a, l1b), lambda_task=(l2a, l2b))
 
 
-def method_model_cfg(method: str, k: int) -> Dict[str, Optional[dict]]:
-    """``local_objective`` and ``context`` of a method name (see ``METHODS``)."""
+def method_model_cfg(method: str, k: int, lambdas: Optional[List[float]] = None) -> Dict[str, Optional[dict]]:
+    """``local_objective`` and ``context`` of a method name (see ``METHODS``); ``lambdas`` replace
+    the published InfoPro lambdas (see :func:`infopro_lambdas`)."""
     greedy = dict(type='Greedy', head=dict(type='ConvFCHead'))
     if method in ('e2e', 'greedy'):
         return dict(local_objective=greedy, context=None)
     if method == 'dgl':
         return dict(local_objective=dict(type='DGL'), context=None)
     if method in ('infopro_softmax', 'infopro_contrast'):
-        return dict(local_objective=dict(type='InfoPro', loss_mode=method.split('_')[1], **infopro_lambdas(k)),
+        return dict(local_objective=dict(type='InfoPro', loss_mode=method.split('_')[1], **infopro_lambdas(k, lambdas)),
                     context=None)
     if method == 'auglocal':  # the papers' CIFAR setting: d=2 sampled later blocks, pyramidal depth, CE head
         return dict(local_objective=dict(type='AugLocal', depth=2, pyramid=0.5), context=None)
     if method in ('man_infopro', 'hpff_infopro'):  # on InfoPro (softmax), as in their papers
-        infopro = dict(type='InfoPro', loss_mode='softmax', **infopro_lambdas(k))
+        infopro = dict(type='InfoPro', loss_mode='softmax', **infopro_lambdas(k, lambdas))
         if method == 'man_infopro':
             return dict(local_objective=dict(type='MAN', momentum=0.995, base=infopro), context=None)
         return dict(local_objective=dict(type='HPFF', base=infopro, independent=greedy), context=None)
@@ -100,26 +110,37 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', nargs='?', default=DEFAULT_CONFIG)
     p.add_argument('--methods', nargs='+', default=['e2e', 'greedy', 'dgl', 'infopro_softmax', 'infopro_contrast',
-                                                    'contsup_r1e'], choices=METHODS, metavar='METHOD',
+                                                    'contsup_e', 'contsup_r1', 'contsup_r1e'], choices=METHODS, metavar='METHOD',
                    help=f'methods to compare (e2e is always K=1); allowed: {", ".join(METHODS)}')
     p.add_argument('--ks', type=int, nargs='+', default=[4], help='numbers of modules of the local methods')
     p.add_argument('--strategy', default='balanced', choices=['equal', 'balanced'],
                    help="split for a K the config's explicit cuts do not give (default: %(default)s)")
-    p.add_argument('--epochs', type=int, default=3)
-    p.add_argument('--train-per-class', type=int, default=200,
+    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--train-per-class', type=int, default=375,
                    help='training images per class, the first N of each class (0: all; default: %(default)s)')
     p.add_argument('--data-root', default=None, help="an ImageFolder root (default: the config's)")
     p.add_argument('--batch-size', type=int, default=None, help="default: the config's")
     p.add_argument('--workers', type=int, default=1, help='data loader workers (default: %(default)s)')
     p.add_argument('--lr', type=float, default=None, help="default: the config's")
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2],
+                   help='seeds; every method and K is trained once per seed, the table gives mean and std '
+                        '(default: %(default)s)')
+    p.add_argument('--seed', type=int, dest='seed_one', default=None, help=argparse.SUPPRESS)  # older spelling
+    p.add_argument('--infopro-lambdas', type=float, nargs=4, default=None, metavar=('L1_FIRST', 'L2_FIRST', 'L1_LAST', 'L2_LAST'),
+                   help="InfoPro's reconstruction (lambda1) and task (lambda2) weights of the first and the last "
+                        "local module, for every K (default: the published ResNet-32 values of each K)")
     p.add_argument('--no-probes', action='store_true',
                    help='skip the per-module linear probes (label top-1, image reconstruction error)')
     p.add_argument('--timing-rounds', type=int, default=5,
                    help='interleaved timing rounds after training (default: %(default)s)')
     p.add_argument('--out-dir', default=None, help='default: work_dirs/learning_quality')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.seed_one is not None:
+        args.seeds = [args.seed_one]
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f'--seeds: {args.seeds} repeats a seed')
+    return args
 
 
 class IterTimes(Hook):
@@ -145,6 +166,32 @@ class IterTimes(Hook):
             self.losses.append(float(outputs['loss']))
 
 
+class EpochAccuracy(Hook):
+    """Validation top-1 after every epoch (the final and the best of a run)."""
+
+    priority = 'VERY_LOW'
+
+    def __init__(self) -> None:
+        self.top1: List[float] = []
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.top1.append(float((metrics or {}).get('accuracy/top1', float('nan'))))
+
+
+@torch.no_grad()
+def train_top1(model, loader) -> float:
+    """Top-1 (%) of the trained model on the training split (eval mode, the training pipeline's
+    augmentation): whether the budget fits the set."""
+    model.eval()
+    right = seen = 0
+    for batch in loader:
+        for sample in model.val_step(batch):
+            right += int(sample.pred_label.item() == sample.gt_label.item())
+            seen += 1
+    model.train()
+    return 100.0 * right / max(seen, 1)
+
+
 def balanced_indices(dataset_cfg: dict, per_class: int) -> List[int]:
     """Indices of the first ``per_class`` samples of every class of a dataset config."""
     from mmpretrain.registry import DATASETS
@@ -159,7 +206,7 @@ def balanced_indices(dataset_cfg: dict, per_class: int) -> List[int]:
     return out
 
 
-def run_cfg(base: Config, method: str, k: int, args, work_dir: str) -> Config:
+def run_cfg(base: Config, method: str, k: int, args, work_dir: str, seed: int = 0) -> Config:
     """The config of one method at K: the base recipe with the method's objective and context."""
     cfg = copy.deepcopy(base)
     model = cfg.model
@@ -169,11 +216,11 @@ def run_cfg(base: Config, method: str, k: int, args, work_dir: str) -> Config:
         split['cuts'] = None
         split['num_modules'] = k
         split['strategy'] = args.strategy
-    parts = method_model_cfg(method, k)
+    parts = method_model_cfg(method, k, args.infopro_lambdas)
     model['local_objective'] = parts['local_objective']
     model['context'] = parts['context']
     e = args.epochs
-    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=e, val_interval=e + 1)  # validated once, after
+    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=e, val_interval=1)  # every epoch: final and best
     warm = 1 if e > 1 else 0
     cfg.param_scheduler = ([dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=warm,
                                  convert_to_iter_based=True)] if warm else []) + [
@@ -181,7 +228,7 @@ def run_cfg(base: Config, method: str, k: int, args, work_dir: str) -> Config:
     cfg.default_hooks.checkpoint = None
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=10 ** 6)
     cfg.log_level = 'WARNING'
-    cfg.randomness = dict(seed=args.seed)
+    cfg.randomness = dict(seed=seed)
     cfg.work_dir = work_dir
     cfg.visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
     return cfg
@@ -261,12 +308,14 @@ def train_and_measure(cfg: Config, probes: bool = True) -> Tuple[dict, Callable[
     that iteration as a function (for the interleaved timing)."""
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg)
-    timer = IterTimes()
+    timer, curve = IterTimes(), EpochAccuracy()
     runner.register_hook(timer)
+    runner.register_hook(curve)
     t0 = time.perf_counter()
-    runner.train()
+    runner.train()  # validates after every epoch
     train_s = time.perf_counter() - t0
-    metrics = runner.val()
+    final = curve.top1[-1] if curve.top1 else float(runner.val().get('accuracy/top1', float('nan')))
+    fit = train_top1(runner.model, runner.train_dataloader)
     module_stats = module_probes(runner) if probes else None
     model, ow = runner.model, runner.optim_wrapper
     device = next(model.parameters()).device
@@ -281,7 +330,8 @@ def train_and_measure(cfg: Config, probes: bool = True) -> Tuple[dict, Callable[
     peak = measure_peak_memory(one_iter, device=device, baseline=(model, ow.optimizer))
     iters_per_epoch = len(runner.train_dataloader)
     last = timer.losses[-iters_per_epoch:]
-    result = dict(accuracy=float(metrics.get('accuracy/top1', float('nan'))), peak_bytes=int(peak),
+    result = dict(accuracy=final, best_accuracy=max(curve.top1 or [final]), val_curve=curve.top1,
+                  train_top1=fit, peak_bytes=int(peak),
                   train_sec_per_iter=statistics.median(timer.times), train_seconds=train_s,
                   iters=len(timer.times), final_train_loss=sum(last) / max(len(last), 1),
                   train_images=len(runner.train_dataloader.dataset), val_images=len(runner.val_dataloader.dataset),
@@ -290,10 +340,12 @@ def train_and_measure(cfg: Config, probes: bool = True) -> Tuple[dict, Callable[
     return result, one_iter
 
 
-def run_settings(args) -> dict:
+def run_settings(args, seed: int, method: str) -> dict:
     """What a saved run must have been trained with to be taken instead of training it again."""
-    return dict(config=args.config, epochs=args.epochs, seed=args.seed, train_per_class=args.train_per_class,
+    lambdas = args.infopro_lambdas if 'infopro' in method else None
+    return dict(config=args.config, epochs=args.epochs, seed=seed, train_per_class=args.train_per_class,
                 data_root=args.data_root, batch_size=args.batch_size, lr=args.lr, strategy=args.strategy,
+                infopro_lambdas=lambdas,
                 cfg_options={k: str(v) for k, v in (args.cfg_options or {}).items()})
 
 
@@ -304,36 +356,37 @@ def run(argv=None) -> List[dict]:
     out_dir = args.out_dir or osp.join('work_dirs', 'learning_quality')
     os.makedirs(out_dir, exist_ok=True)
     jobs = []
-    for method in args.methods:
-        for k in ([1] if method == 'e2e' else args.ks):
-            jobs.append((method, k))
+    for seed in args.seeds:  # seed by seed: a sweep stopped early still has whole tables
+        for method in args.methods:
+            for k in ([1] if method == 'e2e' else args.ks):
+                jobs.append((method, k, seed))
     n_train = len(base.train_dataloader.dataset.get('indices') or []) or None
     print(f'{len(jobs)} runs of {args.epochs} epoch(s) on {base.train_dataloader.dataset.data_root} '
           f'({n_train or "all"} training images, batch {base.train_dataloader.batch_size}), device {device}',
           flush=True)
     logging.getLogger('mmengine').setLevel(logging.WARNING)
     results, iters = [], []
-    for method, k in jobs:
-        name = f'{method}_k{k}'
+    for method, k, seed in jobs:
+        name = f'{method}_k{k}_s{seed}'
         work_dir = osp.join(out_dir, 'runs', name)
         saved = osp.join(work_dir, 'result.json')
         if osp.isfile(saved):  # finished by an earlier invocation with the same --out-dir: resume
             with open(saved) as f:
                 r = json.load(f)
-            if r.get('settings') == run_settings(args):
+            if r.get('settings') == run_settings(args, seed, method) and 'best_accuracy' in r:
                 results.append(r)
                 iters.append(None)
                 print(f"[{name}] top-1 {r['accuracy']:.2f}%  (saved in {saved})", flush=True)
                 continue
-        cfg = run_cfg(base, method, k, args, work_dir)
+        cfg = run_cfg(base, method, k, args, work_dir, seed)
         t0 = time.perf_counter()
         r, one_iter = train_and_measure(cfg, probes=not args.no_probes)
-        r.update(method=method, k=k, epochs=args.epochs, seed=args.seed, settings=run_settings(args),
+        r.update(method=method, k=k, epochs=args.epochs, seed=seed, settings=run_settings(args, seed, method),
                  sec_per_iter=r['train_sec_per_iter'])  # replaced by the interleaved timing below
         AtomicLocalBackend().put_text(json.dumps(r, indent=2), saved)  # never half-written
         results.append(r)
         iters.append(one_iter)
-        print(f"[{name}] top-1 {r['accuracy']:.2f}%  peak {format_bytes(r['peak_bytes'])}  "
+        print(f"[{name}] top-1 {r['accuracy']:.2f}% (best {r['best_accuracy']:.2f}, train {r['train_top1']:.1f})  peak {format_bytes(r['peak_bytes'])}  "
               f"{r['train_sec_per_iter']:.3f} s/iter while training  ({time.perf_counter() - t0:.0f} s)", flush=True)
     times: List[List[float]] = [[] for _ in results]
     for _ in range(max(args.timing_rounds, 1)):  # interleaved: machine load hits every method alike
@@ -353,40 +406,69 @@ def run(argv=None) -> List[dict]:
     meta = dict(config=args.config, data_root=base.train_dataloader.dataset.data_root, epochs=args.epochs,
                 train_images=results[0]['train_images'] if results else n_train,
                 val_images=results[0]['val_images'] if results else None,
-                batch_size=base.train_dataloader.batch_size, seed=args.seed,
+                batch_size=base.train_dataloader.batch_size, seeds=args.seeds,
                 timing_rounds=max(args.timing_rounds, 1),
                 device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
                 date=time.strftime('%Y-%m-%d %H:%M'),
                 memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
                 else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')
-    print_table(results, meta)
-    print_probes(results)
+    summary = summarize(results)
+    print_table(summary, meta)
+    print_probes(summary)
     with open(osp.join(out_dir, 'learning_quality.json'), 'w') as f:
-        json.dump(dict(meta=meta, results=results), f, indent=2)
-    plot(results, meta, osp.join(out_dir, 'learning_quality.png'))
+        json.dump(dict(meta=meta, summary=summary, results=results), f, indent=2)
+    plot(summary, meta, osp.join(out_dir, 'learning_quality.png'))
     print(f'wrote {out_dir}/learning_quality.json and learning_quality.png')
     return results
 
 
-def print_table(results: List[dict], meta: dict) -> None:
+def _mean_std(values: List[float]) -> Tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: List[dict]) -> List[dict]:
+    """One row per method and K over its seeds: mean and std of the final and the best validation
+    top-1, the mean training top-1, memory, time and per-module probes."""
+    groups: Dict[Tuple[str, int], List[dict]] = {}
+    for r in results:
+        groups.setdefault((r['method'], r['k']), []).append(r)
+    rows = []
+    for (method, k), runs in groups.items():
+        row = dict(method=method, k=k, seeds=[r['seed'] for r in runs], per_seed=[r['accuracy'] for r in runs])
+        for key in ('accuracy', 'best_accuracy', 'train_top1'):
+            row[key], row[key + '_std'] = _mean_std([r.get(key, r['accuracy']) for r in runs])
+        for key in ('peak_bytes', 'sec_per_iter', 'final_train_loss'):
+            row[key] = statistics.fmean(r[key] for r in runs)
+        with_probes = [r['probes'] for r in runs if r.get('probes')]
+        row['probes'] = [dict(module=m, probe_top1=statistics.fmean(p[m]['probe_top1'] for p in with_probes),
+                              recon_mse=statistics.fmean(p[m]['recon_mse'] for p in with_probes))
+                         for m in range(len(with_probes[0]))] if with_probes else None
+        rows.append(row)
+    return rows
+
+
+def print_table(summary: List[dict], meta: dict) -> None:
+    """Validation top-1 (mean ± std over the seeds, final and best epoch), training top-1, memory, time."""
     print(f"\n{osp.basename(meta['config'])} on {meta['data_root']}: {meta['epochs']} epoch(s), "
           f"{meta['train_images'] or 'all'} training / {meta['val_images']} validation images, "
-          f"batch {meta['batch_size']}, device {meta['device']}")
-    e2e = next((r for r in results if r['method'] == 'e2e'), None)
-    head = (f"{'method':<18}{'K':>3}{'top-1 %':>9}{'peak memory':>14}{'vs E2E':>8}{'s/iter':>9}{'vs E2E':>8}"
-            f"{'train loss':>12}")
+          f"batch {meta['batch_size']}, seeds {meta['seeds']}, device {meta['device']}")
+    e2e = next((r for r in summary if r['method'] == 'e2e'), None)
+    head = (f"{'method':<18}{'K':>3}{'top-1 % final':>16}{'best':>14}{'train':>7}{'peak memory':>14}{'vs E2E':>8}"
+            f"{'s/iter':>9}{'vs E2E':>8}{'train loss':>12}")
     print(head)
     print('-' * len(head))
-    for r in results:
+    for r in summary:
         mem = f"{r['peak_bytes'] / e2e['peak_bytes']:>7.0%}" if e2e else f"{'':>7}"
         t = f"{r['sec_per_iter'] / e2e['sec_per_iter']:>7.2f}x" if e2e else f"{'':>8}"
-        print(f"{r['method']:<18}{r['k']:>3}{r['accuracy']:>9.2f}{format_bytes(r['peak_bytes']):>14} {mem}"
-              f"{r['sec_per_iter']:>9.3f}{t}{r['final_train_loss']:>12.3f}")
+        final = f"{r['accuracy']:.2f} ± {r['accuracy_std']:.2f}"
+        best = f"{r['best_accuracy']:.2f} ± {r['best_accuracy_std']:.2f}"
+        print(f"{r['method']:<18}{r['k']:>3}{final:>16}{best:>14}{r['train_top1']:>7.1f}"
+              f"{format_bytes(r['peak_bytes']):>14} {mem}{r['sec_per_iter']:>9.3f}{t}{r['final_train_loss']:>12.3f}")
 
 
-def print_probes(results: List[dict]) -> None:
-    """Per module: linear-probe top-1 (%) / linear reconstruction MSE of its output."""
-    rows = [r for r in results if r.get('probes')]
+def print_probes(summary: List[dict]) -> None:
+    """Per module: linear-probe top-1 (%) / linear reconstruction MSE of its output (mean over seeds)."""
+    rows = [r for r in summary if r.get('probes')]
     if not rows:
         return
     n = max(len(r['probes']) for r in rows)
@@ -399,26 +481,29 @@ def print_probes(results: List[dict]) -> None:
         print(f"{r['method']:<18}{r['k']:>3}{cells}")
 
 
-def plot(results: List[dict], meta: dict, path: str) -> None:
+def plot(summary: List[dict], meta: dict, path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    names = [f"{r['method']}\nK={r['k']}" for r in results]
-    with_probes = [r for r in results if r.get('probes')]
+    names = [f"{r['method']}\nK={r['k']}" for r in summary]
+    with_probes = [r for r in summary if r.get('probes')]
     fig, axes = plt.subplots(1, 5 if with_probes else 3, figsize=(25 if with_probes else 15, 4.5))
-    series = ((axes[0], [r['accuracy'] for r in results], 'top-1 accuracy (%)'),
-              (axes[1], [r['peak_bytes'] / 2 ** 20 for r in results], 'peak training memory (MiB)'),
-              (axes[2], [r['sec_per_iter'] for r in results], 'seconds / iteration'))
-    colors = ['tab:gray' if r['method'] == 'e2e' else f"C{sorted({x['k'] for x in results}).index(r['k'])}"
-              for r in results]
-    for ax, vals, label in series:
-        bars = ax.bar(range(len(vals)), vals, color=colors)
+    series = ((axes[0], [r['accuracy'] for r in summary], [r['accuracy_std'] for r in summary],
+               f"top-1 accuracy (%), mean ± std of {len(meta['seeds'])} seed(s)"),
+              (axes[1], [r['peak_bytes'] / 2 ** 20 for r in summary], None, 'peak training memory (MiB)'),
+              (axes[2], [r['sec_per_iter'] for r in summary], None, 'seconds / iteration'))
+    colors = ['tab:gray' if r['method'] == 'e2e' else f"C{sorted({x['k'] for x in summary}).index(r['k'])}"
+              for r in summary]
+    for ax, vals, err, label in series:
+        bars = ax.bar(range(len(vals)), vals, color=colors, yerr=err, capsize=3 if err else 0)
         for b, v in zip(bars, vals):
             ax.annotate(f'{v:.1f}' if v >= 1 else f'{v:.3f}', (b.get_x() + b.get_width() / 2, v), ha='center',
                         va='bottom', fontsize=7)
         ax.set_xticks(range(len(vals)))
         ax.set_xticklabels(names, rotation=45, ha='right', fontsize=7)
         ax.set_ylabel(label)
+    for i, r in enumerate(summary):  # every seed as a dot
+        axes[0].scatter([i] * len(r['per_seed']), r['per_seed'], color='k', s=6, zorder=3)
     if with_probes:  # the papers' information analysis: what each module's output keeps of y and of x
         for r in with_probes:
             depth = [(p['module'] + 1) / len(r['probes']) for p in r['probes']]
@@ -431,7 +516,7 @@ def plot(results: List[dict], meta: dict, path: str) -> None:
             ax.set_xlabel('module end (fraction of the network)')
         axes[3].legend(fontsize=6)
     fig.suptitle(f"{osp.basename(meta['config'])}: {meta['epochs']} epoch(s), {meta['train_images'] or 'all'} "
-                 f"training images, {meta['device']}", fontsize=10)
+                 f"training images, seeds {meta['seeds']}, {meta['device']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -16,7 +16,7 @@ def test_learning_quality_trains_every_method_and_writes_results(tiny_cls_root, 
     results = learning_quality.run(['--methods', 'e2e', 'infopro_contrast', 'contsup_r1e', 'auglocal', 'man_infopro',
                                     'hpff_infopro', '--ks', '2',
                                     '--epochs', '1', '--train-per-class', '4', '--data-root', tiny_cls_root,
-                                    '--batch-size', '8', '--workers', '0', '--out-dir', str(tmp_path),
+                                    '--batch-size', '8', '--workers', '0', '--out-dir', str(tmp_path), '--seeds', '0',
                                     '--cfg-options', 'model.backbone.model_name=cifar_resnet20'])
     out = capsys.readouterr().out
     assert 'top-1 %' in out and 'contsup_r1e' in out
@@ -29,6 +29,8 @@ def test_learning_quality_trains_every_method_and_writes_results(tiny_cls_root, 
     for r in results:
         assert 0.0 <= r['accuracy'] <= 100.0 and r['peak_bytes'] > 0 and r['sec_per_iter'] > 0
         assert r['iters'] == 2  # 16 images, batch 8, one epoch
+        assert len(r['val_curve']) == 1 and r['best_accuracy'] == r['accuracy'] == r['val_curve'][0]
+        assert 0.0 <= r['train_top1'] <= 100.0
         # the per-module information analysis: one linear probe / reconstruction per module
         assert [p['module'] for p in r['probes']] == list(range(r['k']))
         assert all(0 <= p['probe_top1'] <= 100 and p['recon_mse'] > 0 for p in r['probes'])
@@ -37,10 +39,44 @@ def test_learning_quality_trains_every_method_and_writes_results(tiny_cls_root, 
     # a second invocation with the same --out-dir resumes from the saved runs instead of training again
     again = learning_quality.run(['--methods', 'e2e', 'infopro_contrast', '--ks', '2', '--epochs', '1',
                                   '--train-per-class', '4', '--data-root', tiny_cls_root, '--batch-size', '8',
-                                  '--workers', '0', '--out-dir', str(tmp_path),
+                                  '--workers', '0', '--out-dir', str(tmp_path), '--seeds', '0',
                                   '--cfg-options', 'model.backbone.model_name=cifar_resnet20'])
     assert 'saved in' in capsys.readouterr().out
     assert [r['accuracy'] for r in again] == [r['accuracy'] for r in results[:2]]
+
+
+def test_learning_quality_seeds_give_mean_and_std(tiny_cls_root, tmp_path, capsys):
+    args = ['--methods', 'e2e', 'infopro_softmax', '--ks', '2', '--epochs', '2', '--train-per-class', '4',
+            '--data-root', tiny_cls_root, '--batch-size', '8', '--workers', '0', '--no-probes', '--timing-rounds', '1',
+            '--out-dir', str(tmp_path), '--cfg-options', 'model.backbone.model_name=cifar_resnet20']
+    results = learning_quality.run(args + ['--seeds', '0', '1', '--infopro-lambdas', '1', '1', '0', '0'])
+    assert [(r['method'], r['seed']) for r in results] == [('e2e', 0), ('infopro_softmax', 0), ('e2e', 1),
+                                                           ('infopro_softmax', 1)]
+    assert (tmp_path / 'runs' / 'infopro_softmax_k2_s1' / 'result.json').is_file()
+    for r in results:
+        assert len(r['val_curve']) == 2 and r['best_accuracy'] == max(r['val_curve'])
+        assert r['accuracy'] == r['val_curve'][-1]
+    data = json.loads((tmp_path / 'learning_quality.json').read_text())
+    assert data['meta']['seeds'] == [0, 1]
+    rows = {r['method']: r for r in data['summary']}
+    e2e = [r['accuracy'] for r in results if r['method'] == 'e2e']
+    assert rows['e2e']['per_seed'] == e2e
+    assert rows['e2e']['accuracy'] == pytest.approx(sum(e2e) / 2)
+    assert rows['e2e']['accuracy_std'] == pytest.approx(abs(e2e[0] - e2e[1]) / 2 ** 0.5)
+    assert '±' in capsys.readouterr().out
+    # a third seed extends the sweep: the first two are taken from the saved runs; other lambdas
+    # retrain InfoPro but not E2E
+    learning_quality.run(args + ['--seeds', '0', '1', '2', '--infopro-lambdas', '1', '1', '0', '0'])
+    out = capsys.readouterr().out
+    assert out.count('saved in') == 4 and '[e2e_k1_s2]' in out
+    learning_quality.run(args + ['--seeds', '0'])
+    out = capsys.readouterr().out
+    assert '[e2e_k1_s0] top-1' in out and out.count('saved in') == 1
+
+
+def test_repeated_seed_is_refused():
+    with pytest.raises(SystemExit):
+        learning_quality.parse_args(['--seeds', '0', '0'])
 
 
 def test_unknown_method_is_refused():
