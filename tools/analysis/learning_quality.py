@@ -131,6 +131,8 @@ def parse_args(argv=None):
                         "local module, for every K (default: the published ResNet-32 values of each K)")
     p.add_argument('--no-probes', action='store_true',
                    help='skip the per-module linear probes (label top-1, image reconstruction error)')
+    p.add_argument('--saved-only', action='store_true',
+                   help='train nothing: the table of the runs already saved in --out-dir (a sweep in progress)')
     p.add_argument('--timing-rounds', type=int, default=5,
                    help='interleaved timing rounds after training (default: %(default)s)')
     p.add_argument('--out-dir', default=None, help='default: work_dirs/learning_quality')
@@ -378,6 +380,9 @@ def run(argv=None) -> List[dict]:
                 iters.append(None)
                 print(f"[{name}] top-1 {r['accuracy']:.2f}%  (saved in {saved})", flush=True)
                 continue
+        if args.saved_only:
+            print(f'[{name}] not saved with these settings: left out (--saved-only)', flush=True)
+            continue
         cfg = run_cfg(base, method, k, args, work_dir, seed)
         t0 = time.perf_counter()
         r, one_iter = train_and_measure(cfg, probes=not args.no_probes)

@@ -72,6 +72,11 @@ def test_learning_quality_seeds_give_mean_and_std(tiny_cls_root, tmp_path, capsy
     learning_quality.run(args + ['--seeds', '0'])
     out = capsys.readouterr().out
     assert '[e2e_k1_s0] top-1' in out and out.count('saved in') == 1
+    # --saved-only: the table of what is saved, nothing trained
+    saved = learning_quality.run(args + ['--seeds', '0', '1', '2', '3', '--saved-only'])
+    out = capsys.readouterr().out
+    assert '[e2e_k1_s3] not saved' in out and '[infopro_softmax_k2_s1] not saved' in out
+    assert [(r['method'], r['seed']) for r in saved] == [('e2e', 0), ('infopro_softmax', 0), ('e2e', 1), ('e2e', 2)]
 
 
 def test_repeated_seed_is_refused():
