@@ -1,7 +1,7 @@
 """Learning quality of the local-learning methods: accuracy, peak memory and speed, side by side.
 
     python tools/analysis/learning_quality.py [CONFIG] [--methods e2e greedy dgl infopro_softmax
-        infopro_contrast contsup_e contsup_r1 contsup_r1e ...] [--ks 4] [--seeds 0 1 2] [--epochs 10]
+        infopro_contrast contsup_e contsup_r1 contsup_r1e ...] [--ks 4] [--seeds 0 1 2] [--epochs 15]
         [--train-per-class 375] [--data-root data/lv_forms_cls] [--batch-size 64] [--out-dir DIR]
         [--cfg-options k=v ...]
 
@@ -115,7 +115,7 @@ def parse_args(argv=None):
     p.add_argument('--ks', type=int, nargs='+', default=[4], help='numbers of modules of the local methods')
     p.add_argument('--strategy', default='balanced', choices=['equal', 'balanced'],
                    help="split for a K the config's explicit cuts do not give (default: %(default)s)")
-    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--epochs', type=int, default=15)
     p.add_argument('--train-per-class', type=int, default=375,
                    help='training images per class, the first N of each class (0: all; default: %(default)s)')
     p.add_argument('--data-root', default=None, help="an ImageFolder root (default: the config's)")
@@ -458,16 +458,17 @@ def print_table(summary: List[dict], meta: dict) -> None:
           f"{meta['train_images'] or 'all'} training / {meta['val_images']} validation images, "
           f"batch {meta['batch_size']}, seeds {meta['seeds']}, device {meta['device']}")
     e2e = next((r for r in summary if r['method'] == 'e2e'), None)
-    head = (f"{'method':<18}{'K':>3}{'top-1 % final':>16}{'best':>14}{'train':>7}{'peak memory':>14}{'vs E2E':>8}"
+    head = (f"{'method':<18}{'K':>3}{'n':>3}{'top-1 % final':>16}{'best':>14}{'train':>7}{'peak memory':>14}{'vs E2E':>8}"
             f"{'s/iter':>9}{'vs E2E':>8}{'train loss':>12}")
     print(head)
     print('-' * len(head))
     for r in summary:
         mem = f"{r['peak_bytes'] / e2e['peak_bytes']:>7.0%}" if e2e else f"{'':>7}"
         t = f"{r['sec_per_iter'] / e2e['sec_per_iter']:>7.2f}x" if e2e else f"{'':>8}"
-        final = f"{r['accuracy']:.2f} ± {r['accuracy_std']:.2f}"
-        best = f"{r['best_accuracy']:.2f} ± {r['best_accuracy_std']:.2f}"
-        print(f"{r['method']:<18}{r['k']:>3}{final:>16}{best:>14}{r['train_top1']:>7.1f}"
+        one = len(r['seeds']) == 1  # no spread to show
+        final = f"{r['accuracy']:.2f}" + ('' if one else f" ± {r['accuracy_std']:.2f}")
+        best = f"{r['best_accuracy']:.2f}" + ('' if one else f" ± {r['best_accuracy_std']:.2f}")
+        print(f"{r['method']:<18}{r['k']:>3}{len(r['seeds']):>3}{final:>16}{best:>14}{r['train_top1']:>7.1f}"
               f"{format_bytes(r['peak_bytes']):>14} {mem}{r['sec_per_iter']:>9.3f}{t}{r['final_train_loss']:>12.3f}")
 
 
