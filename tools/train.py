@@ -104,7 +104,7 @@ def train(cfg: Config):
             runner.train()
         except TrainingInterrupted as e:  # raised after an iteration, before the loop counted it
             stopped(runner, runner.iter + 1, e.signal)
-        except RuntimeError as e:
+        except (RuntimeError, EOFError, ConnectionError) as e:
             if runner is None or not signals.data_loader_stopped(e):
                 raise
             stopped(runner, runner.iter, signals.requested)  # waiting for the next batch

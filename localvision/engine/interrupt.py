@@ -14,6 +14,7 @@ or ``step_in_backward=True``), and a checkpoint of that state would be neither i
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -74,8 +75,20 @@ class StopOnSignal:
 
     def data_loader_stopped(self, error: BaseException) -> bool:
         """Whether ``error`` is the data loader noticing, while waiting for a batch, that the
-        stop signal also ended its workers (the iteration had not started: nothing is lost)."""
-        return self.requested is not None and isinstance(error, RuntimeError) and 'DataLoader worker' in str(error)
+        stop signal also ended its workers (the iteration had not started: nothing is lost):
+        torch's "DataLoader worker ... exited" error, or the end of the connection to a worker
+        (``EOFError`` / ``ConnectionError``) raised inside the data loader's fetch."""
+        if self.requested is None:
+            return False
+        if isinstance(error, RuntimeError):
+            return 'DataLoader worker' in str(error)
+        if isinstance(error, (EOFError, ConnectionError)):
+            tb = error.__traceback__
+            while tb is not None:
+                if tb.tb_frame.f_code.co_filename.endswith(os.path.join('torch', 'utils', 'data', 'dataloader.py')):
+                    return True
+                tb = tb.tb_next
+        return False
 
 
 class StopAtIterationHook(Hook):
