@@ -174,24 +174,34 @@ def render_figure(results: Dict[str, dict], runs: List[dict], data_root: str, ou
     return out
 
 
+def ensure_data(data_root: str) -> int:
+    """Generate the built-in segmentation set in ``data_root`` unless it is there; the exit code."""
+    if osp.isdir(osp.join(ROOT, data_root, 'img_dir')):
+        return 0
+    print(f'generating the built-in segmentation set in {data_root} ...', flush=True)
+    return subprocess.call([sys.executable, osp.join(ROOT, 'tools', 'misc', 'make_demo_data.py'), 'seg',
+                            '--out', data_root], cwd=ROOT)
+
+
+def run_options(data_root: str, iters: Optional[int]) -> List[str]:
+    """``--cfg-options`` of a demo run: the data root of every split and, if given, the iterations."""
+    options = [f'{split}_dataloader.dataset.data_root={data_root}' for split in ('train', 'val', 'test')]
+    if iters is not None:
+        options += [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+                    f'default_hooks.checkpoint.interval={iters}']
+    return options
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, ROOT)
     from localvision.utils.memory import format_bytes
-    if not osp.isdir(osp.join(ROOT, args.data_root, 'img_dir')):
-        print(f'generating the built-in segmentation set in {args.data_root} ...', flush=True)
-        rc = subprocess.call([sys.executable, osp.join(ROOT, 'tools', 'misc', 'make_demo_data.py'), 'seg',
-                              '--out', args.data_root], cwd=ROOT)
-        if rc:
-            return rc
-    options = [f'train_dataloader.dataset.data_root={args.data_root}',
-               f'val_dataloader.dataset.data_root={args.data_root}',
-               f'test_dataloader.dataset.data_root={args.data_root}']
+    rc = ensure_data(args.data_root)
+    if rc:
+        return rc
+    options = run_options(args.data_root, args.iters)
     if args.seed is not None:
         options.append(f'randomness.seed={args.seed}')
-    if args.iters is not None:
-        options += [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
-                    f'default_hooks.checkpoint.interval={args.iters}']
     cores = os.cpu_count() or 1
     threads = max(1, cores // args.jobs)
     jobs = [Job('K=4 InfoPro', args.local_config, osp.join(args.work_dir, 'local_k4'), options, threads),

@@ -24,7 +24,6 @@ import json
 import os
 import os.path as osp
 import statistics
-import subprocess
 import sys
 from typing import Dict, List, Tuple
 
@@ -32,7 +31,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 sys.path.insert(0, ROOT)
 
-from seg_demo import Job  # noqa: E402  (one tools/train.py run in a subprocess)
+from seg_demo import Job, ensure_data, run_options  # noqa: E402  (a tools/train.py run in a subprocess)
 
 DEFAULT_RUNS = ['InfoPro K=4=configs/seg/deeplab_infopro_k4_demo.py',
                 'greedy K=4=configs/seg/deeplab_greedy_k4_demo.py',
@@ -98,17 +97,10 @@ def summarize(results: List[dict]) -> List[dict]:
 def run(argv=None) -> List[dict]:
     args = parse_args(argv)
     from localvision.utils.memory import format_bytes
-    if not osp.isdir(osp.join(ROOT, args.data_root, 'img_dir')):
-        print(f'generating the built-in segmentation set in {args.data_root} ...', flush=True)
-        rc = subprocess.call([sys.executable, osp.join(ROOT, 'tools', 'misc', 'make_demo_data.py'), 'seg',
-                              '--out', args.data_root], cwd=ROOT)
-        if rc:
-            raise SystemExit(rc)
-    base = [f'{dl}.dataset.data_root={args.data_root}' for dl in ('train_dataloader', 'val_dataloader',
-                                                                    'test_dataloader')]
-    if args.iters is not None:
-        base += [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
-                 f'default_hooks.checkpoint.interval={args.iters}']
+    rc = ensure_data(args.data_root)
+    if rc:
+        raise SystemExit(rc)
+    base = run_options(args.data_root, args.iters)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     results: List[dict] = []
     todo: List[Tuple[Job, dict]] = []
