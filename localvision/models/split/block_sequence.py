@@ -513,12 +513,15 @@ def _nchw_map(model: nn.Module) -> Callable[[Tensor, Tuple[int, int]], Tensor]:
             return x.permute(0, 3, 1, 2).contiguous() if channels_last else x
         if x.dim() == 2:
             return x[:, :, None, None]
-        x = x[:, num_prefix:] if x.shape[1] > num_prefix else x
-        n = x.shape[1]
-        gh = max(1, round(math.sqrt(n * img_hw[0] / img_hw[1])))
-        gw = n // gh
-        if gh * gw != n:
-            raise ValueError(f'{n} tokens do not fill a grid of the image aspect {img_hw}')
+        # prefix tokens (class, registers) first: the model's count, else the fewest that leave a grid
+        for k in dict.fromkeys([num_prefix] + list(range(17))):
+            n = x.shape[1] - k
+            gh = max(1, round(math.sqrt(n * img_hw[0] / img_hw[1]))) if n > 0 else 0
+            if gh and gh * (n // gh) == n and abs(n // gh / gh - img_hw[1] / img_hw[0]) <= 0.5 * img_hw[1] / img_hw[0]:
+                break
+        else:
+            raise ValueError(f'{x.shape[1]} tokens do not fill a grid of the image aspect {img_hw}')
+        x, gw = x[:, k:], n // gh
         return x.reshape(x.shape[0], gh, gw, x.shape[-1]).permute(0, 3, 1, 2).contiguous()
     return to_map
 
@@ -556,15 +559,14 @@ def _generic(model: nn.Module) -> BlockSequence:
                 raise InputError(f'{cls} cannot be traced at input sizes {sizes}: '
                                  f'{type(err).__name__}: {err}'.splitlines()[0])
             if chain is None:
-                raise InputError(f'{cls} cannot be split: forward_features is not a chain of submodules ({why}; '
-                                 'e.g. parallel branches or extra block inputs)')
+                return _from_graph(model, x, f'forward_features is not a chain of submodules ({why})')
             prefix = ''
             while chain and len(chain) == 1 and next(chain[0].module.children(), None) is not None:
                 # one module runs everything (DenseNet's ``features``, an ``encoder``): read inside it
                 prefix = f'{chain[0].name}.'
                 chain, why = _chain(chain[0].module, x, prefix)
             if chain is None:
-                raise InputError(f'{cls} cannot be split: {prefix[:-1]} is not a chain of submodules ({why})')
+                return _from_graph(model, x, f'{prefix[:-1]} is not a chain of submodules ({why})')
             trunk = [i for i, t in enumerate(chain) if _TRUNK.match(t.name[len(prefix):])]
             if trunk and trunk[0] == 0 and len(trunk) > 1:  # the first stage is the stem (SENet's layer0)
                 trunk = trunk[1:]
@@ -612,6 +614,23 @@ def _generic(model: nn.Module) -> BlockSequence:
         model.train(was_training)
     final_norm = final[0] if len(final) == 1 else nn.Sequential(*final) if final else nn.Identity()
     return BlockSequence(cls.lower(), model, blocks, infos, final_norm, _nchw_map(model))
+
+
+def _from_graph(model: nn.Module, x: Tensor, why: str) -> BlockSequence:
+    """``model`` read from its fx graph (:mod:`.graph_reader`), when its forward is no chain."""
+    from .graph_reader import read_graph
+    cls = type(model).__name__
+    try:
+        blocks, final = read_graph(model, x, getattr(model, 'output_fmt', 'NCHW') == 'NHWC')
+    except InputError as e:
+        reason = str(e).split(' cannot be split: ', 1)[-1]
+        raise InputError(f'{cls} cannot be split: {why}; read as a graph: {reason}') from None
+    except Exception as e:  # noqa: BLE001 - the graph runs values fx hands over (immutable lists...)
+        msg = f'{type(e).__name__}: {e}'.splitlines()[0][:160]
+        raise InputError(f'{cls} cannot be split: {why}; read as a graph: running its graph failed ({msg})') from None
+    infos = [BlockInfo(i, stage, j, name, modules=list(mods), params=list(params))
+             for i, (name, stage, j, _, mods, params) in enumerate(blocks)]
+    return BlockSequence(cls.lower(), model, [b[3] for b in blocks], infos, final, _nchw_map(model))
 
 
 def _family_readers() -> List[Tuple[str, Callable[[nn.Module], bool], Callable[[nn.Module], BlockSequence]]]:

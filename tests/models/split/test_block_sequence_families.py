@@ -194,7 +194,6 @@ class _Tokens(nn.Module):
 
     def forward_features(self, x):
         x = self.stem(x)
-        # a reshape to sizes read off the input holds for that size only: not a layout change
         x = x.reshape(x.shape[0], 8, -1).transpose(1, 2) if self.reshape else x.flatten(2).transpose(1, 2)
         return self.norm(self.blocks(x)).transpose(1, 2)
 
@@ -210,5 +209,12 @@ def test_layout_changes_between_submodules_run_with_the_blocks():
         with torch.no_grad():
             torch.testing.assert_close(run_blocks(seq, x, 0, len(seq) - 1, True), model.forward_features(x),
                                        rtol=0, atol=0)
-    with pytest.raises(InputError, match="_Tokens cannot be split: .*blocks's input is not the previous"):
-        to_block_sequence(_Tokens(reshape=True))
+    # a reshape to sizes read off the input is no layout change: the fx graph reader takes it, for any size
+    model = _Tokens(reshape=True).eval()
+    seq = to_block_sequence(model)
+    assert [i.name for i in seq.infos] == ['stem', 'blocks.0', 'blocks.1']
+    for size in (16, 32):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(run_blocks(seq, x, 0, len(seq) - 1, True), model.forward_features(x),
+                                       rtol=0, atol=0)
