@@ -21,12 +21,14 @@ are the stem (the first block if all are), and a new stage begins at each block 
 the resolution, so stages follow the output stride. One module that runs everything (DenseNet's
 ``features``, an ``encoder``) is read inside. Layout changes that the forward runs between two
 submodules (``permute`` / ``transpose`` / ``flatten`` with dims only, as in LeViT and NesT) are
-recorded by the trace and replayed as parameter-free steps (:class:`_Layout`) of the chain; any
-other computation between submodules (a reshape to traced sizes, a position embedding added)
-still breaks the chain. Hand-written readers remain where blocks need more than ``x`` (ViT
-position embedding, EVA's RoPE, BEiT's relative position bias) or where configs rely on their
-names (ResNet, ConvNeXt). Models whose forward is not such a chain (parallel branches, as in
-HRNet) are refused with one line saying why. Block outputs reach the auxiliary nets as NCHW
+recorded by the trace and replayed as parameter-free steps (:class:`_Layout`) of the chain. A
+forward that computes more between its submodules (a position embedding or class token added,
+blocks called with sizes or RoPE tables, reshapes to sizes read off the input: CaiT, ConViT,
+PiT, Twins, Visformer, VOLO, XCiT, Hiera, MViTv2...) is read from its ``torch.fx`` graph
+(:mod:`.graph_reader`), cut where one tensor carries the state. Hand-written readers remain for
+ViT, EVA and BEiT (their stems and per-block inputs, and the names configs rely on) and for
+ResNet and ConvNeXt. Models whose state is never one tensor between blocks (parallel branches,
+as in HRNet) are refused with one line saying why. Block outputs reach the auxiliary nets as NCHW
 maps (``to_map``: NHWC maps permuted, token sequences laid on the patch grid).
 
 The timm model stays the only owner of its parameters: blocks are plain callables that call

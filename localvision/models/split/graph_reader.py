@@ -116,6 +116,13 @@ def _values(root: nn.Module, graph: fx.Graph, x: Tensor) -> Dict[fx.Node, Any]:
     env: Dict[fx.Node, Any] = {}
 
     class Recorder(fx.Interpreter):
+        def fetch_args_kwargs_from_env(self, n: fx.Node):
+            # plain lists, as the generated code passes them (a module may change a list it gets)
+            args, kwargs = super().fetch_args_kwargs_from_env(n)
+            def plain(a):
+                return list(a) if isinstance(a, list) else a
+            return tuple(plain(a) for a in args), {k: plain(v) for k, v in kwargs.items()}
+
         def run_node(self, n: fx.Node) -> Any:
             env[n] = super().run_node(n)
             return env[n]
@@ -295,15 +302,16 @@ def _sample_inputs(model: nn.Module, x: Tensor) -> List[Tensor]:
     """Two inputs that differ in batch size and, where the model allows, in height and width,
     so that sizes found in the graph can be told apart."""
     a = x[:1].expand(2, -1, -1, -1).contiguous()
+    # batch sizes 2 and 7 and sizes 1.5x / 2x larger: no grid size changes like the batch size
     h, w = x.shape[-2:]
     g = torch.Generator().manual_seed(1)
-    other = torch.randn(3, x.shape[1], h + 32 * max(1, h // 64), w + 64 * max(1, w // 64), generator=g)
+    other = torch.randn(7, x.shape[1], h + 32 * max(1, h // 64), w + 64 * max(1, w // 64), generator=g)
     try:
         with torch.no_grad():
             model.forward_features(other)
         return [a, other]
     except Exception:  # noqa: BLE001 - a fixed-size model: only the batch size differs
-        return [a, torch.randn(3, *x.shape[1:], generator=g)]
+        return [a, torch.randn(7, *x.shape[1:], generator=g)]
 
 
 def _cut(pos: int, name: str, live: Sequence[fx.Node], runs: Sequence[Dict[fx.Node, Any]],
@@ -453,6 +461,10 @@ def read_graph(model: nn.Module, x: Tensor, channels_last: bool = False):
         return mods, params
     for c in cuts:
         seg = [n for n in nodes[(prev.pos if prev else -1) + 1:c.pos + 1] if n in x_dep]
+        inner = [n.target[2:] for n in seg if n.op == 'call_module' and n.target[2:] in leaves]
+        if len({n.rsplit('.', 1)[0] for n in inner}) > 1:
+            raise InputError(f'{cls} cannot be split: from {inner[0]} to {inner[-1]} its state is more than one '
+                             'tensor (parallel branches)')
         g = _segment(root, seg, x_dep, prev, c, channels_last, sizes_only)
         if prev is None and fixed_size:  # sizes were read as constants: hold the stem to the size
             _require_size(g, tuple(samples[0].shape[-2:]), cls)
@@ -471,4 +483,13 @@ def read_graph(model: nn.Module, x: Tensor, channels_last: bool = False):
         g = _segment(root, [n for n in tail if n in x_dep], x_dep, prev, end, channels_last, sizes_only)
         own(g, 'the final norm')
         final = GraphBlock(root, g, 'FinalNorm')
+    # the blocks in a row must give forward_features' output on every sample (sizes read right)
+    with torch.no_grad():
+        for xi, r in zip(samples, runs):
+            y = xi
+            for b in blocks:
+                y = b[3](y)
+            if not torch.equal(final(y), r[result]):
+                raise InputError(f'{cls} cannot be split: its blocks in a row do not reproduce forward_features '
+                                 f'at input {tuple(xi.shape)} (a size read off the wrong dim)')
     return blocks, final

@@ -20,6 +20,10 @@ FAST = [
     ('vgg11', {}, 32),  # no stage container: the chain's units are the blocks, pools run with the next
     ('dpn48b', {}, 64),  # units of a single ``features`` container, the final BnAct ends the last block
     ('levit_128s', {}, 224),  # ``flatten(2).transpose(1, 2)`` between the stem and the stages
+    # read from the fx graph: blocks get the grid size, the state crosses cuts as an NCHW map
+    ('twins_svt_small', dict(img_size=64), 64),
+    # read from the fx graph: position embedding in the stem, class-attention blocks end the last block
+    ('cait_xxs24_224', dict(img_size=64), 64),
 ]
 SLOW = [
     ('efficientnet_b0', {}, 64),  # conv_head ends the last block (it changes channels), bn2 is the final norm
@@ -38,12 +42,21 @@ SLOW = [
     ('inception_resnet_v2', {}, 96),  # the ``repeat`` Sequentials read element by element
     ('nest_tiny', dict(img_size=64), 64),  # ``norm(x.permute(...)).permute(...)`` after the levels
     ('swinv2_cr_tiny_224', dict(img_size=64, window_size=4), 64),  # NCHW <-> NHWC inside every stage
+    # read from the fx graph
+    ('convit_tiny', dict(img_size=64), 64),  # class token concatenated after the local blocks
+    ('pit_ti_224', dict(img_size=64), 64),  # class token with the grid: sizes fixed, the stem checks them
+    ('xcit_nano_12_p8_224', dict(img_size=64), 64),  # blocks called with (Hp, Wp)
+    ('vit_relpos_small_patch16_224', dict(img_size=64), 64),  # relative position blocks
+    ('hiera_tiny_224', dict(img_size=(64, 64)), 64),  # mask-unit unroll in the stem
+    ('mvitv2_tiny', dict(img_size=64), 64),  # stages pass (x, feat_size)
+    ('visformer_tiny', dict(img_size=64), 64),  # position embedding per stage
+    ('volo_d1_224', dict(img_size=64), 64),  # outlookers, downsample between stages, class attention
 ]
 SAMPLE = [pytest.param(*c, id=c[0]) for c in FAST] + [pytest.param(*c, id=c[0], marks=pytest.mark.slow) for c in SLOW]
 # PoolFormerV2 is left out of the training step: its block backward on a detached input crashes
 # torch 2.13 on CPU (a segfault in plain timm too, without localvision)
-TRAIN = [pytest.param(*c, id=c[0], marks=() if c in FAST[:1] else pytest.mark.slow)
-         for c in FAST + SLOW[:6] + SLOW[-5:-4] if not c[0].startswith('poolformerv2')]
+TRAIN = [pytest.param(*c, id=c[0], marks=() if c in (FAST[0], FAST[-2]) else pytest.mark.slow)
+         for c in FAST + SLOW[:6] + SLOW[-13:-12] + SLOW[-8:] if not c[0].startswith('poolformerv2')]
 
 
 def resplit(st: StagedTimm, k: int) -> StagedTimm:
@@ -102,6 +115,7 @@ def test_one_local_training_step(name, kwargs, size):
 def test_parallel_branches_are_refused_in_one_line():
     with pytest.raises(InputError, match='HighResolutionNet cannot be split') as err:
         StagedTimm('hrnet_w18_small', split=dict(num_modules=2, strategy='equal', input_size=(3, 64, 64)))
+    assert 'from stage2.0 to stage4.0 its state is more than one tensor (parallel branches)' in str(err.value)
     assert '\n' not in str(err.value)
 
 
