@@ -189,3 +189,18 @@ def test_contsup_context_trains_and_is_refused_by_export():
     assert any(n.startswith('context.') for n in g)
     with pytest.raises(InputError, match='context'):
         export_state_dict(model)
+
+
+def test_a_graph_read_hierarchical_backbone_gives_the_levels_and_trains():
+    """Twins (read from its fx graph: blocks get the grid size) under UPerNet: one level per stage,
+    K=2, one local step, and the prediction at the decode head's stride."""
+    cfg = tiny_cfg(num_modules=2, decode='uper')
+    cfg['split']['strategy'] = 'equal'
+    cfg['backbone'] = dict(model_name='twins_svt_small', pretrained=False, img_size=SIZE)
+    model = build(cfg)
+    assert model.num_units == 2 and model.decode_head.in_channels == [64, 128, 256, 512]
+    assert [model.backbone.seq.infos[b].reduction for b in model.backbone.level_blocks] == [4, 8, 16, 32]
+    assert grads_after_step(model, batch())
+    model.eval()
+    x = model.data_preprocessor(batch(), False)['inputs']
+    assert model(x, mode='tensor').shape == (2, 4, SIZE // 4, SIZE // 4)

@@ -28,13 +28,16 @@ can a forward whose graph changes with ``model.training`` or that ``torch.fx`` c
 """
 from __future__ import annotations
 
+import functools
 import operator
 import re
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+import sys
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from localvision.errors import InputError
 
@@ -105,9 +108,29 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+def _as_call(fn: Callable) -> Callable:
+    """``fn`` recorded as one call when it gets a traced value (its own control flow is not traced)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        proxies = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)]
+        if not proxies:
+            return fn(*args, **kwargs)
+        return proxies[0].tracer.create_proxy('call_function', fn, args, kwargs)
+    return call
+
+
 def _trace(model: nn.Module, leaves: Set[str]) -> fx.Graph:
+    """The graph of ``model.forward_features``; timm's position-embedding resampling (it branches on
+    sizes) is one call, as are timm's no-trace functions."""
+    from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc
     root = _Features(model)
-    return _Tracer({f'm.{n}' for n in leaves}).trace(root)
+    scope = sys.modules[type(model).__module__].__dict__
+    patched = {k: v for k, v in scope.items() if v is resample_abs_pos_embed or v is resample_abs_pos_embed_nhwc}
+    try:
+        scope.update({k: _as_call(v) for k, v in patched.items()})
+        return _Tracer({f'm.{n}' for n in leaves}).trace(root)
+    finally:
+        scope.update(patched)
 
 
 def _values(root: nn.Module, graph: fx.Graph, x: Tensor) -> Dict[fx.Node, Any]:
@@ -302,16 +325,16 @@ def _sample_inputs(model: nn.Module, x: Tensor) -> List[Tensor]:
     """Two inputs that differ in batch size and, where the model allows, in height and width,
     so that sizes found in the graph can be told apart."""
     a = x[:1].expand(2, -1, -1, -1).contiguous()
-    # batch sizes 2 and 7 and sizes 1.5x / 2x larger: no grid size changes like the batch size
+    # batch sizes 2 and 5, sizes 1.5x / 2x larger: no grid size changes as the batch size does
     h, w = x.shape[-2:]
     g = torch.Generator().manual_seed(1)
-    other = torch.randn(7, x.shape[1], h + 32 * max(1, h // 64), w + 64 * max(1, w // 64), generator=g)
+    other = torch.randn(5, x.shape[1], h + 32 * max(1, h // 64), w + 64 * max(1, w // 64), generator=g)
     try:
         with torch.no_grad():
             model.forward_features(other)
         return [a, other]
     except Exception:  # noqa: BLE001 - a fixed-size model: only the batch size differs
-        return [a, torch.randn(7, *x.shape[1:], generator=g)]
+        return [a, torch.randn(5, *x.shape[1:], generator=g)]
 
 
 def _cut(pos: int, name: str, live: Sequence[fx.Node], runs: Sequence[Dict[fx.Node, Any]],
