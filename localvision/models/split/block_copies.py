@@ -46,10 +46,7 @@ def copy_blocks(seq: BlockSequence, indices: Sequence[int]) -> BlockSequence:
         return False
 
     visit(seq.model)
-    twin = to_block_sequence(copy.deepcopy(seq.model, memo))
-    for new, old in zip(twin.infos, seq.infos):
-        new.num_chs, new.reduction = old.num_chs, old.reduction
-    return twin
+    return seq.reread(copy.deepcopy(seq.model, memo), memo)
 
 
 def reset_parameters(modules: Sequence[nn.Module]) -> None:

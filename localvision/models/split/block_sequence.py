@@ -86,9 +86,25 @@ class BlockSequence:
         return len(self.blocks)
 
     def __deepcopy__(self, memo: dict) -> 'BlockSequence':
-        """Blocks are closures over the model's submodules: re-read them from the copied model."""
+        """A copy over a copy of the model (``memo`` maps the model's submodules to theirs)."""
         import copy
-        fresh = to_block_sequence(copy.deepcopy(self.model, memo))
+        return self.reread(copy.deepcopy(self.model, memo), memo)
+
+    def reread(self, model: nn.Module, memo: dict) -> 'BlockSequence':
+        """This sequence over ``model``, a deep copy of ``self.model`` made with ``memo``: blocks
+        read from the fx graph are copied through ``memo`` (their submodules become the copy's);
+        the other readers' blocks are closures over the model's submodules, read again."""
+        import copy
+        from .graph_reader import GraphBlock
+        if all(isinstance(b, GraphBlock) for b in self.blocks):
+            for attr in ('named_modules', 'named_parameters', 'named_buffers'):  # by name, as the copy has them
+                theirs = dict(getattr(model, attr)(remove_duplicate=False))
+                for name, t in getattr(self.model, attr)(remove_duplicate=False):
+                    memo.setdefault(id(t), theirs[name])
+            return BlockSequence(self.family, model, copy.deepcopy(self.blocks, memo),
+                                 copy.deepcopy(self.infos, memo), copy.deepcopy(self.final_norm, memo),
+                                 _nchw_map(model))
+        fresh = to_block_sequence(model)
         for new, old in zip(fresh.infos, self.infos):
             new.num_chs, new.reduction = old.num_chs, old.reduction
         return fresh

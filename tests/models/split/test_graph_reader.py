@@ -149,3 +149,26 @@ def test_blocks_share_the_models_parameters_and_train():
         torch.testing.assert_close(a, b.grad)
     owned = [id(p) for i in seq.infos for p in i.parameters()] + [id(p) for p in seq.final_norm.parameters()]
     assert sorted(owned) == sorted(id(p) for p in model.parameters())
+
+
+def test_copies_and_twins_run_on_their_own_parameters():
+    """A deep copy (of a model holding the sequence) and a twin with copied blocks (AugLocal, MAN)
+    are made through the copy's memo, not read again: the copy owns its parameters, the twin's
+    copied block new ones and everything else the live model's."""
+    import copy
+
+    from localvision.models.split.block_copies import copy_blocks
+    model = _TokenNet(sized=True, cls=False).eval()
+    seq = to_block_sequence(model)
+    mine = {id(p) for p in model.parameters()}
+    dup = copy.deepcopy(seq)
+    theirs = {id(p) for i in dup.infos for p in i.parameters()} | {id(p) for p in dup.final_norm.parameters()}
+    assert theirs == {id(p) for p in dup.model.parameters()} and not theirs & mine
+    _exact(dup.model, dup, (32, 48))
+    twin = copy_blocks(seq, [2])
+    assert not {id(p) for p in twin.infos[2].parameters()} & mine
+    assert all({id(p) for p in twin.infos[i].parameters()} <= mine for i in (0, 1, 3, 4))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run_blocks(twin, x, 0, len(twin) - 1, True), model.forward_features(x),
+                                   rtol=0, atol=0)
