@@ -5,7 +5,8 @@
 
 For every architecture module of ``timm.list_modules()`` it picks the smallest-named variant
 (``pretrained=False``), builds ``StagedTimm`` at a small input (64 px, else the model's default
-size capped at ``--max-size``), checks that K=2 and K=4 modules run in a row equal
+size capped at ``--max-size``; a model built for a larger input is first built for the capped size,
+``img_size=``, where it takes that argument), checks that K=2 and K=4 modules run in a row equal
 ``forward_features`` (eval mode), and runs one ``PerModuleBackward`` step of a K=2
 ``localvision.cls.LocalImageClassifier`` (mmpretrain ``LinearClsHead`` on timm's pre-logits). Each
 model runs in its own process under ``--timeout``; results are
@@ -72,23 +73,26 @@ def check_one(name: str, max_size: int) -> dict:
     # 64 px, else the default size capped at --max-size (Inception needs at least 75 px: it is checked at
     # --max-size rather than not at all; a model that only runs at its larger default size fails there)
     capped = (default[0], min(default[1], max_size), min(default[2], max_size))
-    sizes = [(default[0], 64, 64), capped]
-    st, err = None, ''
-    for size in dict.fromkeys(sizes):
+    attempts = [((default[0], 64, 64), {}), (capped, {})]
+    if capped != default:  # a model built for a larger input (a ViT at 518 / 1024 px): build it for the capped size
+        attempts.insert(0, (capped, dict(img_size=capped[1:])))
+    st, err, kwargs = None, '', {}
+    for size, kwargs in attempts:
         try:
             torch.manual_seed(0)
-            st = StagedTimm(name, split=dict(num_modules=2, strategy='equal', input_size=size), num_classes=5).eval()
+            st = StagedTimm(name, split=dict(num_modules=2, strategy='equal', input_size=size), num_classes=5,
+                            **kwargs).eval()
             x = torch.randn(1, *size)
             with torch.no_grad():
                 ref = st.model.forward_features(x)
             break
         except Exception as e:  # noqa: BLE001  (recorded in the table)
-            st, err = None, f'{type(e).__name__}: {e}'.splitlines()[0][:200]
+            st, err = None, f'{type(e).__name__}: {e}'.splitlines()[0][:400]
     if st is None:
         res['note'] = err if capped == default else \
             f'default input {default[1]}x{default[2]} over --max-size (tried {capped[1]}x{capped[2]}); {err}'
         return res
-    res.update(blocks=st.num_blocks, input=list(size))
+    res.update(blocks=st.num_blocks, input=list(size), **(dict(timm_kwargs=kwargs) if kwargs else {}))
     for k in (2, 4):
         if k > st.num_blocks:
             res['note'] = f'{st.num_blocks} blocks'
@@ -105,7 +109,7 @@ def check_one(name: str, max_size: int) -> dict:
     try:
         torch.manual_seed(0)
         model = LocalImageClassifier(
-            backbone=dict(type='StagedTimm', model_name=name), neck=None,
+            backbone=dict(type='StagedTimm', model_name=name, **kwargs), neck=None,
             head=dict(type='LinearClsHead', num_classes=4, in_channels=0, loss=dict(type='CrossEntropyLoss')),
             split=dict(num_modules=2, strategy='equal', input_size=size),
             local_objective=dict(type='Greedy', head=dict(type='PoolLinearHead')),
