@@ -41,3 +41,13 @@ def test_sync_pipeline_equals_single_process_micro_batched(tiny_cls_root, tmp_pa
     import json
     summary = json.load(open(osp.join(work, 'pipeline_logs', 'summary_rank0.json')))
     assert summary['iters'] == 4 and summary['micro_batches'] == 4
+
+
+def test_sync_pipeline_on_a_graph_read_backbone(tiny_cls_root, tmp_path):
+    """Twins (read from its fx graph: blocks get the grid size, the state crosses the cut as a map)
+    on 2 processes equals the single-process run."""
+    cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root, cuts=(5,),
+                       extra="model['backbone'] = dict(type='StagedTimm', model_name='twins_svt_small', img_size=32)")
+    work = str(tmp_path / 'work')
+    spawn(cfg, work, 2)
+    _compare(osp.join(work, 'epoch_1.pth'), reference_run(cfg, micro_batches=4, iters=4))
