@@ -232,3 +232,27 @@ def test_layout_changes_between_submodules_run_with_the_blocks():
         with torch.no_grad():
             torch.testing.assert_close(run_blocks(seq, x, 0, len(seq) - 1, True), model.forward_features(x),
                                        rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_balanced_split_and_contsup_on_a_graph_read_model():
+    """Twins (read from its fx graph): balanced cuts from the profiled blocks, ContSup R1E context and
+    InfoPro at every cut, one local step with every module's loss."""
+    from mmengine.optim import OptimWrapper
+
+    from localvision.cls import LocalImageClassifier
+    from mmpretrain.structures import DataSample
+    torch.manual_seed(0)
+    model = LocalImageClassifier(
+        backbone=dict(model_name='twins_svt_small', img_size=64), head=dict(type='LinearClsHead', num_classes=4),
+        split=dict(num_modules=3, strategy='balanced', input_size=(3, 64, 64)),
+        local_objective=dict(type='InfoPro', lambda_recon=1.0, lambda_task=1.0, head=dict(type='PoolLinearHead')),
+        context=dict(type='ContSup', variant='R1E'),
+        data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3))
+    assert len(model.backbone.cuts) == 2
+    g = torch.Generator().manual_seed(1)
+    batch = dict(inputs=[torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8) for _ in range(2)],
+                 data_samples=[DataSample().set_gt_label(i) for i in range(2)])
+    losses = model.train_step(batch, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
+    assert {'m0.loss_recon', 'm0.loss_cls', 'm1.loss_recon', 'm1.loss_cls', 'loss_cls'} <= set(losses)
+    assert all(torch.isfinite(v).all() for v in losses.values())
