@@ -41,12 +41,13 @@ import torch.utils._pytree as pytree
 
 from localvision.errors import InputError
 
+from .block_sequence import _CONTAINERS
+
 Tensor = torch.Tensor
 
 # names of block containers (and of modules holding them): their elements are the blocks
 _TRUNK_NAME = re.compile(r'^(blocks|stages|layers|levels|network|transformers|encoder|features'
                          r'|(stage|layer|level|blocks|serial_blocks|s)\d+)$')
-_CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
 def _holds_trunk(module: nn.Module) -> bool:
@@ -321,20 +322,15 @@ def _owners(g: fx.Graph, root: nn.Module) -> Tuple[List[nn.Module], List[nn.Para
     return mods, params
 
 
-def _sample_inputs(model: nn.Module, x: Tensor) -> List[Tensor]:
-    """Two inputs that differ in batch size and, where the model allows, in height and width,
-    so that sizes found in the graph can be told apart."""
+def _sample_inputs(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Inputs to tell sizes found in the graph apart: ``x`` at batch 2; at batch 5 and 1.5x / 2x the
+    height and width (no grid size changes as the batch size does); at batch 5 and ``x``'s size, for
+    a model that only runs at one size."""
     a = x[:1].expand(2, -1, -1, -1).contiguous()
-    # batch sizes 2 and 5, sizes 1.5x / 2x larger: no grid size changes as the batch size does
     h, w = x.shape[-2:]
     g = torch.Generator().manual_seed(1)
     other = torch.randn(5, x.shape[1], h + 32 * max(1, h // 64), w + 64 * max(1, w // 64), generator=g)
-    try:
-        with torch.no_grad():
-            model.forward_features(other)
-        return [a, other]
-    except Exception:  # noqa: BLE001 - a fixed-size model: only the batch size differs
-        return [a, torch.randn(5, *x.shape[1:], generator=g)]
+    return a, other, torch.randn(5, *x.shape[1:], generator=g)
 
 
 def _cut(pos: int, name: str, live: Sequence[fx.Node], runs: Sequence[Dict[fx.Node, Any]],
@@ -397,8 +393,14 @@ def read_graph(model: nn.Module, x: Tensor, channels_last: bool = False):
     root = _Features(model)
     nodes = list(graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
-    samples = _sample_inputs(model, x)
-    runs = [_values(root, graph, xi) for xi in samples]
+    first, other, same_size = _sample_inputs(x)
+    runs = [_values(root, graph, first)]
+    try:
+        runs.append(_values(root, graph, other))
+        samples = [first, other]
+    except Exception:  # noqa: BLE001 - a fixed-size model: only the batch size differs
+        runs.append(_values(root, graph, same_size))
+        samples = [first, same_size]
     fixed_size = samples[0].shape[-2:] == samples[1].shape[-2:]
     images = [tuple(xi.shape[-2:]) for xi in samples]
     # image-dependent nodes: through the image's values, or through its sizes only (``x.shape``,
