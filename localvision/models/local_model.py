@@ -229,9 +229,14 @@ class LocalLearningModel(metaclass=ABCMeta):
 
     def module_input(self, k: int, h: Tensor, ctx: LocalContext) -> Tensor:
         """What module k runs on: ``h`` itself, or ``h`` plus the context supply's projections."""
-        if self.context is None:
-            return h
-        return self.context(k, h, ctx, self.backbone.to_map)
+        if self.context is not None:
+            h = self.context(k, h, ctx, self.backbone.to_map)
+        if (torch.is_grad_enabled() and not h.requires_grad and h.device.type == 'cpu' and h.dim() == 4
+                and not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last)):
+            # torch's CPU group_norm backward crashes (segfault) on a channels-last input that needs no
+            # gradient, which a detached cut state is (MetaFormer v2 blocks open with GroupNorm)
+            h = h.contiguous()
+        return h
 
     def forward_unit(self, k: int, h: Tensor, ctx: LocalContext) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Unit k: module k (on its input plus context), its local loss (k < K-1) and the losses of

@@ -172,3 +172,20 @@ def test_backbone_keys_that_would_mislead_are_refused(name):
         build(name, 2, **{'backbone.out_indices': (0, 1, 2, 3)})
     with pytest.raises(InputError, match=r"backbone.type='ResNetV1c' cannot be split.*_delete_=True"):
         build(name, 2, **{'backbone.type': 'ResNetV1c'})
+
+
+def test_a_channels_last_cut_state_trains_through_group_norm():
+    """torch's CPU ``group_norm`` backward crashes on a channels-last input that needs no gradient,
+    which a detached cut state is (oneDNN convolutions return channels-last maps; MetaFormer v2
+    blocks open with a GroupNorm): module 1 gets a state it can run its backward on."""
+    from localvision.cls import LocalImageClassifier
+    from mmpretrain.structures import DataSample
+    torch.manual_seed(0)
+    model = LocalImageClassifier(
+        backbone=dict(model_name='poolformerv2_s12'), head=dict(type='LinearClsHead', num_classes=3),
+        split=dict(cuts=[(3, 2)], input_size=(3, 64, 64)), local_objective=dict(type='Greedy'),
+        data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3))
+    batch = dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in range(2)],
+                 data_samples=[DataSample().set_gt_label(i) for i in range(2)])
+    losses = model.train_step(batch, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
+    assert all(torch.isfinite(v).all() for v in losses.values())

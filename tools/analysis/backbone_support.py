@@ -1,7 +1,7 @@
 """Which timm architectures localvision can split: one small model per timm module, measured.
 
     python tools/analysis/backbone_support.py [--out-dir DIR] [--timeout 120] [--jobs 2]
-        [--modules resnet swin_transformer ...] [--max-size 224]
+        [--modules resnet swin_transformer ... [--recheck]] [--max-size 224]
 
 For every architecture module of ``timm.list_modules()`` it picks the smallest-named variant
 (``pretrained=False``), builds ``StagedTimm`` at a small input (64 px, else the model's default
@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument('--max-size', type=int, default=256,
                     help='largest input size tried (64 px first, then the default size capped at this)')
     ap.add_argument('--tables-only', action='store_true', help='write the tables from the results so far')
+    ap.add_argument('--recheck', action='store_true',
+                    help='check the --modules again even where a result is recorded (the newest result counts)')
     ap.add_argument('--one', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -179,7 +181,8 @@ def main() -> None:
     if osp.exists(log):
         with open(log) as f:
             done = {r['architecture']: r for r in map(json.loads, f) if r}
-    todo = [] if args.tables_only else [(a, m) for a, m in pick_models(args.modules).items() if a not in done]
+    todo = [] if args.tables_only else [(a, m) for a, m in pick_models(args.modules).items()
+                                        if a not in done or (args.recheck and args.modules)]
     print(f'{len(done)} architectures already checked, {len(todo)} to go', flush=True)
 
     def job(item):
@@ -191,12 +194,11 @@ def main() -> None:
         return res
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(done.values()) + list(pool.map(job, todo))
-    if args.modules:
-        results = [r for r in results if r['architecture'] in args.modules]
+        done.update((r['architecture'], r) for r in pool.map(job, todo))
+    results = list(done.values())  # the tables cover every recorded architecture
     write_tables(results, args.out_dir)
     n_ok = sum(r['supported'] for r in results)
-    print(f'coverage: {n_ok}/{len(results)} architecture modules ({100 * n_ok / max(1, len(results)):.0f} %)')
+    print(f'coverage: {n_ok}/{len(results)} architecture modules ({100 * n_ok / max(1, len(results)):.1f} %)')
 
 
 if __name__ == '__main__':
