@@ -6,21 +6,24 @@ the RoI head has a mask head) with mmdet's
 the bottleneck, 1x1 projection shortcuts) has exactly the layout of mmdet's ResNet with
 ``style='pytorch'``, and the same parameter names under ``layer*`` / ``conv1`` / ``bn1``; only the
 prefix changes (``backbone.model.*`` -> ``backbone.*``). The auxiliary nets of local learning
-(local objectives) are dropped. Data sets of localvision in the config become mmdet's
-``CocoDataset`` with the same classes, and ``custom_imports`` is removed, so the exported config
-needs neither localvision nor timm.
+(local objectives) are dropped. Other timm backbones become mmpretrain's
+``TIMMBackbone(features_only=True)`` (the config imports ``mmpretrain.models``) where timm's feature
+extractor gives the detector's levels, checked at export as for mmseg; its training options
+(``frozen_stages``, ``norm_eval``) are not carried over, inference is the same. Data sets of
+localvision in the config become mmdet's ``CocoDataset`` with the same classes, and localvision's
+``custom_imports`` is removed, so the exported config does not need localvision.
 """
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from localvision.errors import InputError
-from localvision.utils.export import save_stock_checkpoint, stock_config
+from localvision.utils.export import save_stock_checkpoint, stock_config, timm_features_backbone
 
 LOCAL_KEYS = ('split', 'local_objective', 'context', 'executor')
 LOCAL_TYPES = {'LocalSingleStageDetector': 'SingleStageDetector', 'LocalTwoStageDetector': 'TwoStageDetector'}
@@ -72,15 +75,43 @@ def mmdet_out_indices(model) -> List[int]:
     return out
 
 
+def stock_backbone(model) -> Tuple[dict, Optional[Dict[str, str]]]:
+    """The stock backbone config: mmdet's ``ResNet`` where the timm model has its layout (key map
+    None: only the prefix changes), else mmpretrain's ``TIMMBackbone(features_only=True)`` where
+    timm's feature extractor gives the detector's levels (with ``{timm key: extractor key}``)."""
+    try:
+        depth = mmdet_resnet_depth(model.backbone.model, model.backbone.model_name)
+    except InputError as not_resnet:
+        try:
+            import mmpretrain.models  # noqa: F401  (the stock TIMMBackbone for mmdet)
+        except ImportError:
+            raise not_resnet from None
+        extra, keys = timm_features_backbone(model, 'mmdet')
+        bb = {k: v for k, v in model.backbone.timm_kwargs.items() if k != 'num_classes'}
+        bb.update(type='mmpretrain.TIMMBackbone', model_name=model.backbone.model_name, features_only=True,
+                  pretrained=False, **extra)
+        return bb, keys
+    return dict(type='ResNet', depth=depth, num_stages=4, out_indices=tuple(mmdet_out_indices(model)),
+                frozen_stages=model.backbone.frozen_stages, norm_cfg=dict(type='BN', requires_grad=True),
+                norm_eval=model.backbone.norm_eval, style='pytorch', init_cfg=None), None
+
+
 def export_state_dict(model) -> Dict[str, torch.Tensor]:
-    """The detector's weights with mmdet ResNet names; local objectives dropped."""
+    """The detector's weights with the stock backbone's names; local objectives dropped."""
+    keys = stock_backbone(model)[1]
     out = OrderedDict()
     for k, v in model.state_dict().items():
         if k.startswith('objectives.') or k.startswith('data_preprocessor.'):
             continue
         if k.startswith('backbone.model.'):
-            k = 'backbone.' + k[len('backbone.model.'):]
-            if k.startswith('backbone.fc.'):
+            rest = k[len('backbone.model.'):]
+            if keys is None:
+                if rest.startswith('fc.'):
+                    continue
+                k = 'backbone.' + rest
+            elif rest in keys:
+                k = 'backbone.timm_model.' + keys[rest]
+            else:  # the classifier and what else the feature extractor does not hold
                 continue
         out[k] = v.detach().clone()
     return out
@@ -117,10 +148,7 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
     cfg = copy.deepcopy(dict(model_cfg))
     for k in LOCAL_KEYS:
         cfg.pop(k, None)
-    depth = mmdet_resnet_depth(model.backbone.model, model.backbone.model_name)
-    cfg['backbone'] = dict(type='ResNet', depth=depth, num_stages=4, out_indices=tuple(mmdet_out_indices(model)),
-                           frozen_stages=model.backbone.frozen_stages, norm_cfg=dict(type='BN', requires_grad=True),
-                           norm_eval=model.backbone.norm_eval, style='pytorch', init_cfg=None)
+    cfg['backbone'] = stock_backbone(model)[0]
     cfg['type'] = LOCAL_TYPES[cfg['type']]
     if cfg['type'] == 'TwoStageDetector' and (cfg.get('roi_head') or {}).get('mask_head') is not None:
         cfg['type'] = 'MaskRCNN'  # mmdet's MaskRCNN is a TwoStageDetector; the name tells what it is
@@ -160,5 +188,7 @@ def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str,
             d = stock[key].to_dict() if hasattr(stock[key], 'to_dict') else stock[key]
             _stock_dataset(d, classes)
             stock[key] = d
+    if stock.model.backbone.type.startswith('mmpretrain.'):
+        stock.custom_imports = dict(imports=['mmpretrain.models'], allow_failed_imports=False)
     stock.dump(out_config)
     return out, out_config

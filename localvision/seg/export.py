@@ -19,102 +19,14 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
 from localvision.errors import InputError
-from localvision.utils.export import check_stock_timm_model, save_stock_checkpoint, stock_config
+from localvision.utils.export import save_stock_checkpoint, stock_config, timm_features_backbone
 
 LOCAL_KEYS = ('split', 'local_objective', 'context', 'executor')
-
-
-def _stock_source_key(k: str, ours: Dict[str, torch.Tensor]) -> Optional[str]:
-    """The trained timm model's key of ``k``, a key of timm's ``features_only`` extractor: the same
-    name, the model wrapped as ``model.*``, or a flattened container (``stages_0.*`` = ``stages.0.*``)."""
-    cands = [k]
-    if k.startswith('model.'):
-        cands.append(k[len('model.'):])
-    head, _, rest = k.partition('.')
-    cands += [f'{head[:i]}.{head[i + 1:]}.{rest}' for i, c in enumerate(head) if c == '_']
-    return next((c for c in cands if c in ours), None)
-
-
-def _stock_features(model, extra: dict, why: str):
-    """timm's ``features_only`` extractor of the backbone (``extra``: more ``create_model``
-    arguments) with the trained weights, and ``{trained key: extractor key}``."""
-    import timm
-    kwargs = {k: v for k, v in model.backbone.timm_kwargs.items() if k != 'num_classes'}
-    try:
-        stock = timm.create_model(model.backbone.model_name, features_only=True, pretrained=False, **kwargs, **extra)
-    except Exception as e:  # noqa: BLE001  (timm's own refusal, in one line)
-        raise InputError(f'{why}: timm cannot build it with features_only=True ({type(e).__name__}: '
-                         f'{str(e).splitlines()[0][:200]})') from None
-    ours = model.backbone.model.state_dict()
-    keys: Dict[str, str] = {}
-    for k, v in stock.state_dict().items():
-        src = _stock_source_key(k, ours)
-        if src is None or ours[src].shape != v.shape:
-            raise InputError(f"{why}: timm's features_only model has {k!r}, which the trained model "
-                             f'{"lacks" if src is None else "holds with another shape"}')
-        keys[src] = k
-    stock.load_state_dict({k: ours[src] for src, k in keys.items()}, strict=True)
-    return stock.eval(), keys
-
-
-def _same(f: torch.Tensor, level: torch.Tensor) -> bool:
-    return f.shape == level.shape and torch.allclose(f, level, rtol=1e-4, atol=1e-5)
-
-
-def timm_features_backbone(model) -> Tuple[dict, Dict[str, str]]:
-    """The stock mmseg ``TIMMBackbone(features_only=True)`` settings (``out_indices``, and
-    ``feature_cls`` where timm's default extractor does not give the levels) that compute the
-    segmentor's levels, and ``{trained timm key: key in the extractor}``; found and checked on a
-    random input, not assumed.
-
-    timm builds the feature extractor of each family its own way (modules kept under their names,
-    containers flattened, or the model wrapped and run through ``forward_intermediates``, which
-    also gives NCHW maps of channels-last models); each level must be one of the extractor's
-    outputs with the trained weights.
-    """
-    name = model.backbone.model_name
-    check_stock_timm_model(name, 'mmseg')
-    why = f'{name} cannot be exported to stock mmseg'
-    was_training = model.training
-    model.eval()
-    try:
-        x = torch.randn(2, *model.backbone.input_size)
-        with torch.no_grad():
-            levels = model.extract_levels(x)[1]
-            refusals = []  # (levels matched, refusal): the extractor that came closest is named
-            for extra in ({}, dict(feature_cls='getter')):
-                try:
-                    stock, _ = _stock_features(model, extra, why)
-                    feats = stock(x)
-                except InputError as e:
-                    refusals.append((-1, e))
-                    continue
-                index = list(stock.feature_info.out_indices)
-                out = [next((index[i] for i, f in enumerate(feats) if _same(f, lv)), None) for lv in levels]
-                if None not in out:
-                    extra = dict(extra, out_indices=tuple(out))
-                    stock, keys = _stock_features(model, extra, why)
-                    if all(_same(f, lv) for f, lv in zip(stock(x), levels)):
-                        return extra, keys
-                    refusals.append((len(out), InputError(f"{why}: timm's features_only model with {extra} "
-                                                          'does not give the levels')))
-                    continue
-                j = out.index(None)
-                block = model.backbone.seq.infos[model.backbone.level_blocks[j]].name
-                shaped = any(f.shape == levels[j].shape for f in feats)
-                refusals.append((sum(o is not None for o in out), InputError(
-                    f'{why}: level {j} (after {block}, {tuple(levels[j].shape[1:])}) is none of the outputs of '
-                    f"timm's features_only model ({[tuple(f.shape[1:]) for f in feats]}"
-                    f"{'; an output of its shape holds other values, e.g. without the final norm' if shaped else ''}"
-                    '); stock TIMMBackbone gives the ends of timm feature stages only')))
-            raise max(refusals, key=lambda r: r[0])[1]
-    finally:
-        model.train(was_training)
 
 
 def mmseg_vit_backbone(model) -> dict:
@@ -178,7 +90,7 @@ def export_state_dict(model) -> Dict[str, torch.Tensor]:
         raise InputError('a model with a context supply (model.context) runs the context path at inference; '
                          'stock mmseg has no such path, so it cannot be exported')
     vit = model.backbone.seq.family == 'vit'
-    keys = None if vit else timm_features_backbone(model)[1]
+    keys = None if vit else timm_features_backbone(model, 'mmseg')[1]
     out = OrderedDict()
     for k, v in model.state_dict().items():
         if k.startswith('objectives.') or k.startswith('data_preprocessor.'):
@@ -207,7 +119,7 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
     else:
         bb = {k: v for k, v in model.backbone.timm_kwargs.items() if k != 'num_classes'}
         bb.update(type='TIMMBackbone', model_name=model.backbone.model_name, features_only=True, pretrained=False,
-                  **timm_features_backbone(model)[0])
+                  **timm_features_backbone(model, 'mmseg')[0])
     cfg.update(type='EncoderDecoder', backbone=bb, pretrained=None)
     cfg['decode_head'] = dict(cfg['decode_head'], in_channels=model.decode_head.in_channels)
     if cfg.get('auxiliary_head') is not None:

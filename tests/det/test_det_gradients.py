@@ -157,3 +157,26 @@ def test_mask_rcnn_export_predicts_the_same_masks_in_stock_mmdet():
         torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
         torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
         assert torch.equal(x.pred_instances.masks, y.pred_instances.masks)
+
+
+def test_a_non_resnet_backbone_exports_to_mmpretrain_timm_backbone():
+    """RetinaNet (K=2) on a RegNet, which mmdet's ResNet cannot express: exported to mmpretrain's
+    ``TIMMBackbone(features_only=True)``, loaded strictly, the same detections."""
+    import mmpretrain.models  # noqa: F401  (what the exported config imports)
+    from localvision.det.export import export_state_dict, stock_model_cfg
+    cfg = tiny_model_cfg('retinanet', num_modules=2)
+    cfg['backbone']['model_name'] = 'regnetx_002'
+    local = build(cfg)
+    stock_cfg = stock_model_cfg(cfg, local)
+    assert stock_cfg['backbone']['type'] == 'mmpretrain.TIMMBackbone' and stock_cfg['backbone']['features_only']
+    plain = build(stock_cfg)
+    plain.load_state_dict(export_state_dict(local), strict=True)
+    local.eval(), plain.eval()
+    data = batch()
+    with torch.no_grad():
+        d = local.data_preprocessor(copy.deepcopy(data), False)
+        a = local(**d, mode='predict')
+        b = plain(**d, mode='predict')
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
+        torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
