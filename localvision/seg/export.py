@@ -29,6 +29,12 @@ from localvision.utils.export import save_stock_checkpoint, stock_config, timm_f
 LOCAL_KEYS = ('split', 'local_objective', 'context', 'executor')
 
 
+def is_timm_vit(model) -> bool:
+    """The backbone is timm's ``VisionTransformer`` (exported as mmseg's own ``VisionTransformer``)."""
+    from timm.models.vision_transformer import VisionTransformer
+    return type(model.backbone.model) is VisionTransformer
+
+
 def mmseg_vit_backbone(model) -> dict:
     """mmseg ``VisionTransformer`` settings computing what the timm ViT of ``model`` computes."""
     import torch.nn as nn
@@ -89,7 +95,7 @@ def export_state_dict(model) -> Dict[str, torch.Tensor]:
     if getattr(model, 'context', None) is not None:
         raise InputError('a model with a context supply (model.context) runs the context path at inference; '
                          'stock mmseg has no such path, so it cannot be exported')
-    vit = model.backbone.seq.family == 'vit'
+    vit = is_timm_vit(model)
     keys = None if vit else timm_features_backbone(model, 'mmseg')[1]
     out = OrderedDict()
     for k, v in model.state_dict().items():
@@ -114,7 +120,7 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
     cfg = copy.deepcopy(dict(model_cfg))
     for k in LOCAL_KEYS:
         cfg.pop(k, None)
-    if model.backbone.seq.family == 'vit':
+    if is_timm_vit(model):
         bb = mmseg_vit_backbone(model)
     else:
         bb = {k: v for k, v in model.backbone.timm_kwargs.items() if k != 'num_classes'}

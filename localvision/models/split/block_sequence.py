@@ -25,10 +25,10 @@ recorded by the trace and replayed as parameter-free steps (:class:`_Layout`) of
 forward that computes more between its submodules (a position embedding or class token added,
 blocks called with sizes or RoPE tables, reshapes to sizes read off the input: CaiT, ConViT,
 PiT, Twins, Visformer, VOLO, XCiT, Hiera, MViTv2...) is read from its ``torch.fx`` graph
-(:mod:`.graph_reader`), cut where one tensor carries the state. Hand-written readers remain for
-ViT, EVA and BEiT (their stems and per-block inputs, and the names configs rely on) and for
-ResNet and ConvNeXt. Models whose state is never one tensor between blocks (parallel branches,
-as in HRNet) are refused with one line saying why. Block outputs reach the auxiliary nets as NCHW
+(:mod:`.graph_reader`), cut where one tensor carries the state: ViT / DeiT / EVA / BEiT too
+(position embedding and class or register tokens in the stem, RoPE tables or relative position
+biases handed to each block). There are no hand-written readers. Models whose state is never one
+tensor between blocks (parallel branches, as in HRNet) are refused with one line saying why. Block outputs reach the auxiliary nets as NCHW
 maps (``to_map``: NHWC maps permuted, token sequences laid on the patch grid).
 
 The timm model stays the only owner of its parameters: blocks are plain callables that call
@@ -124,117 +124,6 @@ class BlockSequence:
             raise InputError(f'cut {tuple(cut)} names no block of {self.family} model '
                              f'{type(self.model).__name__}; allowed (stage, block) pairs: {allowed}')
         raise InputError(f'a cut must be a block index or a (stage, block) pair, got {cut!r}')
-
-
-def _resnet_like(model: nn.Module) -> BlockSequence:
-    stem_mods = [getattr(model, n) for n in ('conv1', 'bn1', 'act1', 'maxpool') if hasattr(model, n)]
-
-    def stem(x: Tensor) -> Tensor:
-        for m in stem_mods:
-            x = m(x)
-        return x
-
-    blocks: List[Callable] = [stem]
-    infos = [BlockInfo(0, 0, 0, 'stem', modules=stem_mods)]
-    stage = 1
-    while hasattr(model, f'layer{stage}'):
-        for j, blk in enumerate(getattr(model, f'layer{stage}')):
-            infos.append(BlockInfo(len(blocks), stage, j, f'layer{stage}.{j}', modules=[blk]))
-            blocks.append(blk)
-        stage += 1
-    return BlockSequence('resnet', model, blocks, infos, nn.Identity(), _identity_map)
-
-
-def _convnext(model: nn.Module) -> BlockSequence:
-    blocks: List[Callable] = [model.stem]
-    infos = [BlockInfo(0, 0, 0, 'stem', modules=[model.stem])]
-    for s, st in enumerate(model.stages):
-        for j, blk in enumerate(st.blocks):
-            if j == 0:
-                # The stage's downsample (identity in stage 0) runs with its first block.
-                def first(x: Tensor, _ds=st.downsample, _blk=blk) -> Tensor:
-                    return _blk(_ds(x))
-                blocks.append(first)
-                mods = [st.downsample, blk]
-            else:
-                blocks.append(blk)
-                mods = [blk]
-            infos.append(BlockInfo(len(infos), s + 1, j, f'stages.{s}.blocks.{j}', modules=mods))
-    return BlockSequence('convnext', model, blocks, infos, model.norm_pre, _identity_map)
-
-
-def _vit_like(model: nn.Module, family: str, pos_embed: Callable[[Tensor], Tensor],
-              block_kwargs: Optional[Callable[[], dict]] = None) -> BlockSequence:
-    """A ViT-style model: stem = patch embed + position embedding (+ ``norm_pre``), then ``blocks``,
-    each called with ``block_kwargs()`` (relative position / RoPE inputs every block shares)."""
-    norm_pre = getattr(model, 'norm_pre', None)
-
-    def stem(x: Tensor) -> Tensor:
-        x = pos_embed(model.patch_embed(x))
-        return norm_pre(x) if norm_pre is not None else x
-
-    direct = [p for p in (getattr(model, n, None) for n in ('cls_token', 'reg_token', 'pos_embed'))
-              if isinstance(p, nn.Parameter)]
-    stem_mods = [m for m in (model.patch_embed, norm_pre) if m is not None]
-    blocks: List[Callable] = [stem]
-    infos = [BlockInfo(0, 0, 0, 'stem', modules=stem_mods, params=direct)]
-    for j, blk in enumerate(model.blocks):
-        infos.append(BlockInfo(len(blocks), 1, j, f'blocks.{j}', modules=[blk]))
-        blocks.append(blk if block_kwargs is None else (lambda x, _blk=blk: _blk(x, **block_kwargs())))
-    return BlockSequence(family, model, blocks, infos, model.norm, _nchw_map(model))
-
-
-def _vit(model: nn.Module) -> BlockSequence:
-    seq = _vit_like(model, 'vit', lambda x: model.patch_drop(model._pos_embed(x)))
-
-    def to_map(x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
-        """Tokens (B, N, C) -> NCHW map on the patch grid (prefix tokens dropped)."""
-        if x.dim() == 4:
-            return x
-        if model.dynamic_img_size:
-            gh, gw = model.patch_embed.dynamic_feat_size(img_hw)
-        else:
-            gh, gw = model.patch_embed.grid_size
-        x = x[:, model.num_prefix_tokens:]
-        return x.reshape(x.shape[0], gh, gw, x.shape[-1]).permute(0, 3, 1, 2).contiguous()
-
-    seq.to_map = to_map
-    return seq
-
-
-def _eva(model: nn.Module) -> BlockSequence:
-    """EVA / EVA-02: every block gets the rotary embedding of the (fixed) patch grid."""
-    if model.dynamic_img_size or getattr(model, 'rope_mixed', False):
-        raise InputError(f'{type(model).__name__} with dynamic_img_size or mixed (learned, shared) RoPE cannot be '
-                         'split: every block would need the stem\'s grid or share its parameters')
-
-    def rope() -> dict:
-        if model.rope is None:
-            return dict(rope=None)
-        if hasattr(model.rope, 'feat_shape'):
-            return dict(rope=model.rope.get_embed())
-        return dict(rope=model.rope.get_embed(shape=model.patch_embed.grid_size))
-
-    return _vit_like(model, 'eva', lambda x: model.pos_drop(model._pos_embed(x)[0]), rope)
-
-
-def _beit(model: nn.Module) -> BlockSequence:
-    """BEiT: cls token + absolute position embedding; per-block relative position bias."""
-    if model.rel_pos_bias is not None:
-        raise InputError(f'{type(model).__name__} with a shared relative position bias cannot be split: '
-                         'its parameters feed every block (use_shared_rel_pos_bias=False)')
-
-    def pos_embed(x: Tensor) -> Tensor:
-        x = torch.cat((model.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        if model.pos_embed is not None:
-            x = x + model.pos_embed
-        return model.pos_drop(x)
-
-    return _vit_like(model, 'beit', pos_embed, lambda: dict(shared_rel_pos_bias=None))
-
-
-def _identity_map(x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
-    return x
 
 
 # -- the generic reader: forward_features traced as a chain of timm's submodules -----------------------
@@ -651,29 +540,9 @@ def _from_graph(model: nn.Module, x: Tensor, why: str) -> BlockSequence:
     return BlockSequence(cls.lower(), model, [b[3] for b in blocks], infos, final, _nchw_map(model))
 
 
-def _family_readers() -> List[Tuple[str, Callable[[nn.Module], bool], Callable[[nn.Module], BlockSequence]]]:
-    from timm.models.convnext import ConvNeXt
-    from timm.models.resnet import ResNet
-    from timm.models.beit import Beit
-    from timm.models.eva import Eva
-    from timm.models.vision_transformer import VisionTransformer
-
-    from ..backbones.cifar_resnet import CifarResNet
-    return [
-        ('resnet', lambda m: isinstance(m, (ResNet, CifarResNet)), _resnet_like),
-        ('convnext', lambda m: isinstance(m, ConvNeXt), _convnext),
-        ('vit', lambda m: isinstance(m, VisionTransformer), _vit),
-        ('eva', lambda m: isinstance(m, Eva), _eva),
-        ('beit', lambda m: isinstance(m, Beit), _beit),
-    ]
-
-
 def to_block_sequence(model: nn.Module) -> BlockSequence:
-    """Read a timm model as a :class:`BlockSequence` (the hand-written readers first, then the
-    generic one), or raise one line saying why it cannot be split."""
-    for _, accepts, reader in _family_readers():
-        if accepts(model):
-            return reader(model)
+    """Read a timm model as a :class:`BlockSequence`: as a chain of its submodules, else from its
+    ``torch.fx`` graph; or raise one line saying why it cannot be split."""
     return _generic(model)
 
 

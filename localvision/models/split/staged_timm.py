@@ -39,7 +39,7 @@ class StagedTimm(nn.Module):
     model_name=...)``): swapping the backbone is one line, any split keeps working.
 
     Args:
-        model_name: timm model name (ResNet family, ConvNeXt, ViT/DeiT, ``cifar_resnet*``).
+        model_name: timm model name (any model the block reader splits, ``cifar_resnet*``).
         split: ``dict(num_modules=K, strategy='balanced'|'equal')`` or ``dict(cuts=[...])``
             with block indices or ``(stage, block)`` pairs (stage 0 = stem); ``input_size``
             (C, H, W) for the dry run that measures block shapes and memory. Task models pass
