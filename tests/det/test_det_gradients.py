@@ -6,6 +6,22 @@ import torch
 from test_local_detector import batch, build, grads_after_step, tiny_model_cfg  # noqa: E402
 
 
+def assert_exported_detector_predicts_the_same(local, stock_cfg: dict) -> None:
+    """The stock detector of ``stock_cfg`` loads the export strictly and detects what ``local`` does."""
+    from localvision.det.export import export_state_dict
+    plain = build(stock_cfg)
+    plain.load_state_dict(export_state_dict(local), strict=True)
+    local.eval(), plain.eval()
+    data = batch()
+    with torch.no_grad():
+        d = local.data_preprocessor(copy.deepcopy(data), False)
+        a = local(**d, mode='predict')
+        b = plain(**d, mode='predict')
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
+        torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
+
+
 def test_earlier_module_trained_only_by_its_local_loss():
     """Module 0's gradients come from its local loss alone: with the local loss zeroed they are
     zero while the head still trains; changing the head leaves them unchanged; JointBackward
@@ -86,23 +102,13 @@ def test_k1_equals_stock_mmdet_retinanet():
 
 def test_two_stage_export_predicts_the_same_in_stock_mmdet():
     """Faster R-CNN (K=2) exported to mmdet's TwoStageDetector with mmdet's ResNet-18."""
-    from localvision.det.export import export_state_dict, stock_model_cfg
+    from localvision.det.export import stock_model_cfg
     cfg = tiny_model_cfg('faster_rcnn', num_modules=2)
     local = build(cfg)
     stock_cfg = stock_model_cfg(cfg, local)
     assert stock_cfg['type'] == 'TwoStageDetector' and stock_cfg['backbone']['type'] == 'ResNet'
     assert 'local_objective' not in stock_cfg and 'split' not in stock_cfg
-    plain = build(stock_cfg)
-    plain.load_state_dict(export_state_dict(local), strict=True)
-    local.eval(), plain.eval()
-    data = batch()
-    with torch.no_grad():
-        d = local.data_preprocessor(copy.deepcopy(data), False)
-        a = local(**d, mode='predict')
-        b = plain(**d, mode='predict')
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
-        torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
+    assert_exported_detector_predicts_the_same(local, stock_cfg)
 
 
 def test_mask_rcnn_k1_equals_stock_mmdet_mask_rcnn():
@@ -163,20 +169,10 @@ def test_a_non_resnet_backbone_exports_to_mmpretrain_timm_backbone():
     """RetinaNet (K=2) on a RegNet, which mmdet's ResNet cannot express: exported to mmpretrain's
     ``TIMMBackbone(features_only=True)``, loaded strictly, the same detections."""
     import mmpretrain.models  # noqa: F401  (what the exported config imports)
-    from localvision.det.export import export_state_dict, stock_model_cfg
+    from localvision.det.export import stock_model_cfg
     cfg = tiny_model_cfg('retinanet', num_modules=2)
     cfg['backbone']['model_name'] = 'regnetx_002'
     local = build(cfg)
     stock_cfg = stock_model_cfg(cfg, local)
     assert stock_cfg['backbone']['type'] == 'mmpretrain.TIMMBackbone' and stock_cfg['backbone']['features_only']
-    plain = build(stock_cfg)
-    plain.load_state_dict(export_state_dict(local), strict=True)
-    local.eval(), plain.eval()
-    data = batch()
-    with torch.no_grad():
-        d = local.data_preprocessor(copy.deepcopy(data), False)
-        a = local(**d, mode='predict')
-        b = plain(**d, mode='predict')
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x.pred_instances.bboxes, y.pred_instances.bboxes)
-        torch.testing.assert_close(x.pred_instances.scores, y.pred_instances.scores)
+    assert_exported_detector_predicts_the_same(local, stock_cfg)

@@ -5,9 +5,7 @@ export; the exported checkpoint loads strictly into stock mmseg and predicts wha
 predicts; a level no extractor gives is refused in one line."""
 import copy
 import os.path as osp
-import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from mmseg.registry import MODELS
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from test_local_encoder_decoder import SIZE, build, tiny_cfg  # noqa: E402
+from test_seg_export_vit import assert_stock_mmseg_predicts_the_same  # noqa: E402
 
 # (model, timm kwargs, the extractor timm builds for it)
 FAST = [('regnetx_002', {}, 'module names kept')]
@@ -72,22 +71,4 @@ def test_an_exported_convnext_runs_in_stock_mmseg_without_localvision(tmp_path):
     ckpt = str(tmp_path / 'local.pth')
     torch.save(dict(state_dict=local.state_dict(), meta={}), ckpt)
     out, stock_cfg = export(cfg, ckpt, str(tmp_path / 'stock.pth'))
-    x = torch.randn(2, 3, SIZE, SIZE)
-    torch.save(x, tmp_path / 'x.pt')
-    script = textwrap.dedent(f'''
-        import sys, torch
-        from mmseg.apis import init_model
-        model = init_model({stock_cfg!r}, {out!r}, device='cpu')
-        metas = [dict(img_shape=({SIZE}, {SIZE}), ori_shape=({SIZE}, {SIZE}), pad_shape=({SIZE}, {SIZE}))] * 2
-        with torch.no_grad():
-            torch.save(model.encode_decode(torch.load({str(tmp_path / 'x.pt')!r}), metas), {str(tmp_path / 'y.pt')!r})
-        assert type(model.backbone).__name__ == 'TIMMBackbone'
-        assert not [m for m in sys.modules if m.startswith('localvision')], 'localvision was imported'
-    ''')
-    proc = subprocess.run([sys.executable, '-c', script], cwd=str(tmp_path), capture_output=True, text=True,
-                          env={'PATH': '/usr/bin:/bin', 'OMP_NUM_THREADS': '1'})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metas = [dict(img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE), pad_shape=(SIZE, SIZE))] * 2
-    with torch.no_grad():
-        ours = local.encode_decode(x, metas)
-    torch.testing.assert_close(torch.load(tmp_path / 'y.pt'), ours, rtol=1e-4, atol=1e-5)
+    assert_stock_mmseg_predicts_the_same(local, stock_cfg, out, 'TIMMBackbone', SIZE, tmp_path)

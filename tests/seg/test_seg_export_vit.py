@@ -47,6 +47,29 @@ def build_local(cfg):
     return model.eval()
 
 
+def assert_stock_mmseg_predicts_the_same(local, stock_cfg: str, ckpt: str, backbone: str, size: int, tmp_path) -> None:
+    """Stock mmseg, in a process that never imports localvision, builds ``stock_cfg`` with a
+    ``backbone`` of that type, loads ``ckpt`` and gives ``local``'s logits on a random batch."""
+    x = torch.randn(2, 3, size, size)
+    torch.save(x, tmp_path / 'x.pt')
+    metas = [dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size))] * 2
+    script = textwrap.dedent(f'''
+        import sys, torch
+        from mmseg.apis import init_model
+        model = init_model({stock_cfg!r}, {ckpt!r}, device='cpu')
+        with torch.no_grad():
+            torch.save(model.encode_decode(torch.load({str(tmp_path / 'x.pt')!r}), {metas!r}), {str(tmp_path / 'y.pt')!r})
+        assert type(model.backbone).__name__ == {backbone!r}
+        assert not [m for m in sys.modules if m.startswith('localvision')], 'localvision was imported'
+    ''')
+    proc = subprocess.run([sys.executable, '-c', script], cwd=str(tmp_path), capture_output=True, text=True,
+                          env={'PATH': '/usr/bin:/bin', 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with torch.no_grad():
+        ours = local.encode_decode(x, metas)
+    torch.testing.assert_close(torch.load(tmp_path / 'y.pt'), ours, rtol=1e-4, atol=1e-5)
+
+
 def test_vit_upernet_exports_to_stock_mmseg_vision_transformer(tmp_path):
     from localvision.seg.export import export
     cfg = small_vit_cfg()
@@ -57,25 +80,7 @@ def test_vit_upernet_exports_to_stock_mmseg_vision_transformer(tmp_path):
     stock = Config.fromfile(stock_cfg)
     assert stock.model.backbone.type == 'VisionTransformer' and stock.model.backbone.out_indices == (0, 1, 2, 3)
 
-    x = torch.randn(2, 3, 64, 64)
-    torch.save(x, tmp_path / 'x.pt')
-    script = textwrap.dedent(f'''
-        import sys, torch
-        from mmseg.apis import init_model
-        model = init_model({stock_cfg!r}, {out!r}, device='cpu')
-        metas = [dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64))] * 2
-        with torch.no_grad():
-            torch.save(model.encode_decode(torch.load({str(tmp_path / 'x.pt')!r}), metas), {str(tmp_path / 'y.pt')!r})
-        assert type(model.backbone).__name__ == 'VisionTransformer'
-        assert not [m for m in sys.modules if m.startswith('localvision')], 'localvision was imported'
-    ''')
-    proc = subprocess.run([sys.executable, '-c', script], cwd=str(tmp_path), capture_output=True, text=True,
-                          env={'PATH': '/usr/bin:/bin', 'OMP_NUM_THREADS': '1'})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metas = [dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64))] * 2
-    with torch.no_grad():
-        ours = local.encode_decode(x, metas)
-    torch.testing.assert_close(torch.load(tmp_path / 'y.pt'), ours, rtol=1e-4, atol=1e-5)
+    assert_stock_mmseg_predicts_the_same(local, stock_cfg, out, 'VisionTransformer', 64, tmp_path)
 
 
 def test_vit_that_mmseg_cannot_express_is_refused_with_one_error(tmp_path):
