@@ -5,7 +5,7 @@
 
 For every architecture module of ``timm.list_modules()`` it picks the smallest-named variant
 (``pretrained=False``), builds ``StagedTimm`` at a small input (64 px, else the model's default
-size capped at ``--max-size``; a model built for a larger input is first built for the capped size,
+size capped at ``--max-size``, both rounded down to a multiple of the patch size; a model built for a larger input is first built for the capped size,
 ``img_size=``, where it takes that argument), checks that K=2 and K=4 modules run in a row equal
 ``forward_features`` (eval mode), and runs one ``PerModuleBackward`` step of a K=2
 ``localvision.cls.LocalImageClassifier`` (mmpretrain ``LinearClsHead`` on timm's pre-logits). Each
@@ -72,8 +72,15 @@ def check_one(name: str, max_size: int) -> dict:
     default = tuple(default or (3, 224, 224))
     # 64 px, else the default size capped at --max-size (Inception needs at least 75 px: it is checked at
     # --max-size rather than not at all; a model that only runs at its larger default size fails there)
-    capped = (default[0], min(default[1], max_size), min(default[2], max_size))
-    attempts = [((default[0], 64, 64), {}), (capped, {})]
+    # sizes in multiples of the patch size (a ViT with 14 px patches takes 252 px, not 256)
+    from localvision.models.split.graph_reader import input_multiple
+    try:
+        with torch.device('meta'):
+            ph, pw = input_multiple(timm.create_model(name, pretrained=False))
+    except Exception:  # noqa: BLE001  (the build below reports it)
+        ph, pw = 1, 1
+    capped = (default[0], min(default[1], max_size) // ph * ph, min(default[2], max_size) // pw * pw)
+    attempts = [((default[0], 64 // ph * ph, 64 // pw * pw), {}), (capped, {})]
     if capped != default:  # a model built for a larger input (a ViT at 518 / 1024 px): build it for the capped size
         attempts.insert(0, (capped, dict(img_size=capped[1:])))
     st, err, kwargs = None, '', {}

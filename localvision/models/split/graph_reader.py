@@ -322,14 +322,24 @@ def _owners(g: fx.Graph, root: nn.Module) -> Tuple[List[nn.Module], List[nn.Para
     return mods, params
 
 
-def _sample_inputs(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Inputs to tell sizes found in the graph apart: ``x`` at batch 2; at batch 5 and 1.5x / 2x the
-    height and width (no grid size changes as the batch size does); at batch 5 and ``x``'s size, for
-    a model that only runs at one size."""
+def input_multiple(model: nn.Module) -> Tuple[int, int]:
+    """The patch size of the model's first patch embedding (input sizes must be multiples of it), or 1."""
+    p = next((m.patch_size for m in model.modules() if isinstance(getattr(m, 'patch_size', None), (int, tuple, list))
+              and not isinstance(m, type(model))), 1)
+    p = (p, p) if isinstance(p, int) else tuple(p)
+    return (int(p[0]), int(p[-1])) if all(isinstance(i, int) and i > 0 for i in p) else (1, 1)
+
+
+def _sample_inputs(x: Tensor, patch: Tuple[int, int] = (1, 1)) -> Tuple[Tensor, Tensor, Tensor]:
+    """Inputs to tell sizes found in the graph apart: ``x`` at batch 2; at batch 5 and about 1.5x / 2x
+    the height and width, in steps of 32 px (of twice the patch size where it does not divide 32: a
+    ViT with 14 px patches) (no grid size changes as the batch size does); at batch 5 and ``x``'s
+    size, for a model that only runs at one size."""
     a = x[:1].expand(2, -1, -1, -1).contiguous()
     h, w = x.shape[-2:]
+    sh, sw = (32 if 32 % p == 0 else 2 * p for p in patch)
     g = torch.Generator().manual_seed(1)
-    other = torch.randn(5, x.shape[1], h + 32 * max(1, h // 64), w + 64 * max(1, w // 64), generator=g)
+    other = torch.randn(5, x.shape[1], h + sh * max(1, h // (2 * sh)), w + 2 * sw * max(1, w // (2 * sw)), generator=g)
     return a, other, torch.randn(5, *x.shape[1:], generator=g)
 
 
@@ -393,7 +403,7 @@ def read_graph(model: nn.Module, x: Tensor, channels_last: bool = False):
     root = _Features(model)
     nodes = list(graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
-    first, other, same_size = _sample_inputs(x)
+    first, other, same_size = _sample_inputs(x, input_multiple(model))
     runs = [_values(root, graph, first)]
     try:
         runs.append(_values(root, graph, other))
