@@ -95,18 +95,56 @@ class _Features(nn.Module):
 
 
 class _Tracer(fx.Tracer):
-    """Keeps the blocks and timm's no-trace modules as single calls."""
+    """Keeps the blocks and timm's no-trace modules as single calls. With a ``sample`` input, a
+    condition on a traced value (``if x.ndim != 4``, ``if mask.any()``) takes the branch it takes on
+    the sample, and a guard in the graph refuses an input that would take the other one."""
 
-    def __init__(self, leaves: Set[str]) -> None:
+    def __init__(self, leaves: Set[str], sample: Optional[Tensor] = None) -> None:
         from timm.layers import get_notrace_functions
         super().__init__(autowrap_functions=tuple(get_notrace_functions()))
         self.leaves = leaves
+        self.sample = sample
+        self._running = False  # the graph so far is being run on the sample (modules called, not traced)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         from timm.layers import get_notrace_modules
         if qualname in self.leaves or isinstance(m, tuple(get_notrace_modules())):
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        if self._running:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if self._running:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        if self.sample is None:
+            return super().to_bool(obj)
+        g = fx.Graph()
+        env: Dict[fx.Node, fx.Node] = {}
+        g.graph_copy(self.graph, env)
+        g.output(env[obj.node])
+        self._running = True
+        try:
+            with torch.no_grad():
+                taken = bool(fx.GraphModule(self.root, g)(self.sample))
+        finally:
+            self._running = False
+        self.create_proxy('call_function', _branch_guard, (obj, taken), {})
+        return taken
+
+
+@fx.node.has_side_effect  # kept by dead-code elimination: it returns nothing
+def _branch_guard(cond: Any, taken: bool) -> None:
+    """Refuse an input on which the forward would branch otherwise than the graph was read."""
+    if bool(cond) != taken:
+        raise InputError('this input takes another branch of the backbone\'s forward than the input its blocks were '
+                         'read on (a condition on the input); use inputs like those of the split\'s input_size')
 
 
 def _as_call(fn: Callable) -> Callable:
@@ -120,7 +158,7 @@ def _as_call(fn: Callable) -> Callable:
     return call
 
 
-def _trace(model: nn.Module, leaves: Set[str]) -> fx.Graph:
+def _trace(model: nn.Module, leaves: Set[str], sample: Optional[Tensor] = None) -> fx.Graph:
     """The graph of ``model.forward_features``; timm's position-embedding resampling (it branches on
     sizes) is one call, as are timm's no-trace functions."""
     from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc
@@ -129,7 +167,7 @@ def _trace(model: nn.Module, leaves: Set[str]) -> fx.Graph:
     patched = {k: v for k, v in scope.items() if v is resample_abs_pos_embed or v is resample_abs_pos_embed_nhwc}
     try:
         scope.update({k: _as_call(v) for k, v in patched.items()})
-        return _Tracer({f'm.{n}' for n in leaves}).trace(root)
+        return _Tracer({f'm.{n}' for n in leaves}, sample).trace(root)
     finally:
         scope.update(patched)
 
@@ -391,7 +429,7 @@ def read_graph(model: nn.Module, x: Tensor, channels_last: bool = False):
         graphs = {}
         for mode in (True, False):
             model.train(mode)
-            graphs[mode] = _trace(model, set(leaves))
+            graphs[mode] = _trace(model, set(leaves), x)
     except Exception as e:  # noqa: BLE001 - the tracer's message says what it could not follow
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f'{cls} cannot be split: torch.fx cannot trace forward_features '

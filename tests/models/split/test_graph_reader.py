@@ -125,6 +125,26 @@ def test_a_size_the_state_cannot_carry_holds_the_split_to_the_traced_size():
     assert '\n' not in str(err.value)
 
 
+def test_a_condition_on_the_input_takes_the_traced_branch_and_guards_it():
+    """``if x.ndim != 4`` / ``if mask.any()`` (Gemma4-style input checks) cannot be traced symbolically:
+    the branch is the one the sample input takes, and an input that would take the other is refused."""
+
+    class Checked(_TokenNet):
+        def forward_features(self, x):
+            if x.ndim != 4:
+                raise ValueError('images only')
+            if (x.abs() > 1e6).any():  # a condition on values: guarded, not traced
+                x = x.clamp(-1e6, 1e6)
+            return super().forward_features(x)
+    model = Checked().eval()
+    seq = to_block_sequence(model)
+    _exact(model, seq, (32, 48))
+    big = torch.full((1, 3, 32, 32), 1e9)
+    with pytest.raises(InputError, match='this input takes another branch of the backbone') as err:
+        run_blocks(seq, big, 0, len(seq) - 1, True)
+    assert '\n' not in str(err.value)
+
+
 @pytest.mark.parametrize('kwargs,why', [
     (dict(shared=True), 'a parameter is used by both blocks.0 and blocks.1'),
     (dict(training_branch=True), 'runs different code in training and in eval mode'),
