@@ -79,10 +79,10 @@ def _same(f: torch.Tensor, level: torch.Tensor) -> bool:
 
 
 def timm_features_backbone(model, library: str) -> Tuple[dict, Dict[str, str]]:
-    """The stock ``TIMMBackbone(features_only=True)`` settings (mmseg's, or mmpretrain's in mmdet) (``out_indices``, and
-    ``feature_cls`` where timm's default extractor does not give the levels) that compute the
-    task model's levels, and ``{trained timm key: key in the extractor}``; found and checked on a
-    random input, not assumed.
+    """Settings of the stock ``TIMMBackbone(features_only=True)`` (mmseg's; mmpretrain's for mmdet)
+    that computes the task model's levels: ``out_indices``, and ``feature_cls`` where timm's default
+    extractor does not give them; and ``{trained timm key: key in the extractor}``. Found and
+    checked on a random input, not assumed.
 
     timm builds the feature extractor of each family its own way (modules kept under their names,
     containers flattened, or the model wrapped and run through ``forward_intermediates``, which
@@ -95,7 +95,7 @@ def timm_features_backbone(model, library: str) -> Tuple[dict, Dict[str, str]]:
     was_training = model.training
     model.eval()
     try:
-        x = torch.randn(2, *model.backbone.input_size)
+        x = torch.randn(2, *model.backbone.input_size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             levels = model.extract_levels(x)[1]
             refusals = []  # (levels matched, refusal): the extractor that came closest is named
