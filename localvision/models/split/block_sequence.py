@@ -435,12 +435,23 @@ def _nchw_map(model: nn.Module) -> Callable[[Tensor, Tuple[int, int]], Tensor]:
 
 def _trace_inputs(model: nn.Module) -> List[Tensor]:
     """Small inputs to trace with: the fixed image size of a patch-embedding model, else 64 pixels
-    a side, then the model's default size (for models that need it)."""
+    a side, then the size the model was built for (its patch embedding's ``img_size``, else its
+    default size: for models that need it); sizes in multiples of the patch size."""
+    from .graph_reader import input_multiple
     c, h, w = model.pretrained_cfg.get('input_size', (3, 224, 224))
-    fixed = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
-    sizes = [(min(h, 64), min(w, 64)), (h, w)]
-    if fixed is not None and not getattr(model, 'dynamic_img_size', False):
-        sizes = [(fixed, fixed) if isinstance(fixed, int) else tuple(fixed)]
+    embed = getattr(model, 'patch_embed', None)
+    top = embed is not None
+    if not top:  # a wrapped encoder (DeepSeek-ViT's ``encoder.patch_embed``)
+        embed = next((m for n, m in model.named_modules()
+                      if n.endswith('patch_embed') and getattr(m, 'img_size', None) is not None), None)
+    built = getattr(embed, 'img_size', None)
+    if built is not None:
+        h, w = (built, built) if isinstance(built, int) else tuple(built)
+    ph, pw = input_multiple(model)
+    sizes = [(max(ph, min(h, 64) // ph * ph), max(pw, min(w, 64) // pw * pw)), (h, w)]
+    fixed = not getattr(model, 'dynamic_img_size', False) if top else getattr(embed, 'strict_img_size', False)
+    if built is not None and fixed:
+        sizes = [(h, w)]
     g = torch.Generator().manual_seed(0)  # leaves the global random state alone
     return [torch.randn(1, c, *hw, generator=g) for hw in dict.fromkeys(sizes)]
 

@@ -361,10 +361,18 @@ def _owners(g: fx.Graph, root: nn.Module) -> Tuple[List[nn.Module], List[nn.Para
 
 
 def input_multiple(model: nn.Module) -> Tuple[int, int]:
-    """The patch size of the model's first patch embedding (input sizes must be multiples of it), or 1."""
-    p = next((m.patch_size for m in model.modules() if isinstance(getattr(m, 'patch_size', None), (int, tuple, list))
-              and not isinstance(m, type(model))), 1)
+    """The stride of the model's first patch embedding (input sizes must be multiples of it), or 1: the
+    stride of its projection where that is the patch-sized conv (an overlapping embedding: PVT-v2's
+    7 px patches at stride 4), else its patch size (TNT's pixel embedding strides inside a patch)."""
+    embed = next((m for m in model.modules() if isinstance(getattr(m, 'patch_size', None), (int, tuple, list))
+                  and not isinstance(m, type(model))), None)
+    if embed is None:
+        return 1, 1
+    proj = getattr(embed, 'proj', None)
+    p = embed.patch_size
     p = (p, p) if isinstance(p, int) else tuple(p)
+    if isinstance(proj, nn.Conv2d) and tuple(proj.kernel_size) == p:
+        p = tuple(proj.stride)
     return (int(p[0]), int(p[-1])) if all(isinstance(i, int) and i > 0 for i in p) else (1, 1)
 
 

@@ -192,3 +192,26 @@ def test_copies_and_twins_run_on_their_own_parameters():
     with torch.no_grad():
         torch.testing.assert_close(run_blocks(twin, x, 0, len(twin) - 1, True), model.forward_features(x),
                                    rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name, multiple', [
+    ('vit_tiny_patch16_224', (16, 16)),
+    ('pvt_v2_b0', (4, 4)),  # 7 px patches at stride 4: the stride is the multiple
+    ('tnt_s_patch16_224', (16, 16)),  # a pixel embedding strides inside 16 px patches
+])
+def test_input_sizes_are_multiples_of_the_patch_stride(name, multiple):
+    import timm
+    from localvision.models.split.graph_reader import input_multiple
+    with torch.device('meta'):
+        model = timm.create_model(name, pretrained=False)
+    assert input_multiple(model) == multiple
+
+
+def test_a_wrapped_encoder_is_traced_at_the_size_it_was_built_for():
+    # DeepSeek-ViT's patch embedding is ``encoder.patch_embed`` (14 px patches, default 546 px): the
+    # trace inputs are 56 px and the size it was built for, not 64 px and the 546 px default
+    import timm
+    from localvision.models.split.block_sequence import _trace_inputs
+    with torch.device('meta'):
+        model = timm.create_model('deepseek_vit_412m', pretrained=False, img_size=(112, 112))
+    assert [tuple(x.shape[-2:]) for x in _trace_inputs(model)] == [(56, 56), (112, 112)]
