@@ -23,6 +23,7 @@ crosses a cut.
 from __future__ import annotations
 
 import functools
+import logging
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -144,6 +145,21 @@ class LocalLearningModel(metaclass=ABCMeta):
                                          field_name='model.context')
         self._check_objectives_train_next_module()
         self._plan_units()
+        self._log_split(local_objective)
+
+    def _log_split(self, local_objective: Union[dict, List[dict], None]) -> None:
+        """Say where the backbone was cut; warn where no K was asked for (K=1 trains end to end)."""
+        from mmengine.logging import print_log
+        bb = self.backbone
+        if bb.num_modules == 1:
+            split = bb.split_cfg
+            if local_objective is not None and split.get('cuts') is None and 'num_modules' not in split:
+                print_log('model.split names neither cuts nor num_modules: K=1, the backbone trains end to end and '
+                          'model.local_objective is not used; set model.split.num_modules=K', logger='current',
+                          level=logging.WARNING)
+            return
+        ends = [bb.seq.infos[r.stop - 1].name for r in bb.module_ranges()[:-1]]
+        print_log(f'split: K={bb.num_modules} modules, cut after {", ".join(ends)}', logger='current')
 
     def _check_objectives_train_next_module(self) -> None:
         """Objectives whose loss reaches module k+1 (HPFF's cascade) need one optimizer step per

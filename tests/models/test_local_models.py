@@ -189,3 +189,21 @@ def test_a_channels_last_cut_state_trains_through_group_norm():
                  data_samples=[DataSample().set_gt_label(i) for i in range(2)])
     losses = model.train_step(batch, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
     assert all(torch.isfinite(v).all() for v in losses.values())
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_the_split_is_logged_and_an_unasked_k1_warned(name, monkeypatch):
+    import logging
+
+    import mmengine.logging
+    logged = []
+    monkeypatch.setattr(mmengine.logging, 'print_log', lambda msg, logger=None, level=logging.INFO: logged.append((level, msg)))
+    build(name, 2)
+    assert any(level == logging.INFO and msg.startswith('split: K=2 modules, cut after ') for level, msg in logged)
+    logged.clear()
+    split = {k: v for k, v in tiny(name).cfg(2)['split'].items() if k not in ('num_modules', 'cuts')}
+    model = build(name, 2, split=split)  # no K asked for, a local objective configured
+    assert model.backbone.num_modules == 1
+    assert [msg for level, msg in logged if level == logging.WARNING] == [
+        'model.split names neither cuts nor num_modules: K=1, the backbone trains end to end and '
+        'model.local_objective is not used; set model.split.num_modules=K']
