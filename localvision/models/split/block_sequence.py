@@ -436,7 +436,7 @@ def _nchw_map(model: nn.Module) -> Callable[[Tensor, Tuple[int, int]], Tensor]:
 def _trace_inputs(model: nn.Module) -> List[Tensor]:
     """Small inputs to trace with: the fixed image size of a patch-embedding model, else 64 pixels
     a side, then the size the model was built for (its patch embedding's ``img_size``, else its
-    default size: for models that need it); sizes in multiples of the patch size."""
+    default size: for models that need it); sizes in multiples of the embedding's stride."""
     from .graph_reader import input_multiple
     c, h, w = model.pretrained_cfg.get('input_size', (3, 224, 224))
     embed = getattr(model, 'patch_embed', None)
