@@ -151,6 +151,11 @@ class LocalLearningModel(metaclass=ABCMeta):
         """Say where the backbone was cut; warn where no K was asked for (K=1 trains end to end)."""
         from mmengine.logging import print_log
         bb = self.backbone
+        if bb.grad_checkpointing:
+            plain = [bb.seq.infos[i].name for i in sorted(bb.plain)]
+            print_log(f'checkpointing {bb.num_blocks - len(plain)} of {bb.num_blocks} blocks' +
+                      (f' ({", ".join(plain)} run plain: they fit under the split\'s peak)' if plain else ''),
+                      logger='current')
         if bb.num_modules == 1:
             split = bb.split_cfg
             if local_objective is not None and split.get('cuts') is None and 'num_modules' not in split:

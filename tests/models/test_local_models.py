@@ -201,6 +201,9 @@ def test_the_split_is_logged_and_an_unasked_k1_warned(name, monkeypatch):
     build(name, 2)
     assert any(level == logging.INFO and msg.startswith('split: K=2 modules, cut after ') for level, msg in logged)
     logged.clear()
+    build(name, 2, **{'backbone.grad_checkpointing': True, 'split.strategy': 'balanced'})
+    assert any(msg.startswith('checkpointing ') and ' blocks' in msg for _, msg in logged)
+    logged.clear()
     split = {k: v for k, v in tiny(name).cfg(2)['split'].items() if k not in ('num_modules', 'cuts')}
     model = build(name, 2, split=split)  # no K asked for, a local objective configured
     assert model.backbone.num_modules == 1

@@ -51,6 +51,7 @@ from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 
 import localvision.engine  # noqa: E402,F401  (registers MixedPrecisionOptimWrapper)
+from localvision.errors import InputError  # noqa: E402
 from localvision.utils.config import model_config  # noqa: E402
 from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: E402
 
@@ -279,7 +280,6 @@ def run(argv=None) -> List[dict]:
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     batch_size = args.batch_size or cfg.train_dataloader.batch_size
     if args.data == 'loader':
-        from localvision.errors import InputError
         try:
             batch = loader_batch(cfg, batch_size)
         except InputError as e:
@@ -305,15 +305,27 @@ def run(argv=None) -> List[dict]:
         if args.amp_dtype:
             cfg.optim_wrapper.dtype = args.amp_dtype
     variants = variant_cfgs(cfg, args)
+    backbone = (cfg.model.get('backbone') or {}).get('model_name')
+    meta = dict(config=args.config, backbone=backbone, device=str(device), batch_size=batch_size,
+                input_size=list(input_size), data=args.data,
+                iters=args.iters, amp=args.amp, torch=torch.__version__, threads=torch.get_num_threads(),
+                memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
+                else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')
+    out_dir = args.out_dir or osp.join('work_dirs', 'benchmarks', osp.splitext(osp.basename(args.config))[0])
+    os.makedirs(out_dir, exist_ok=True)
     built = {}
     results = []
     for name, vcfg in variants.items():
         torch.manual_seed(0)
-        model = MODELS.build(model_config(vcfg))
+        try:
+            model = MODELS.build(model_config(vcfg))
+            model.to(device).train()
+            ow = build_optim_wrapper(model, vcfg.optim_wrapper)
+            model.train_step(copy.deepcopy(batch), ow)  # warm-up: optimizer state exists from now on
+        except InputError as e:
+            kept = f' (measured so far: {out_dir}/benchmark_partial.json)' if results else ''
+            raise SystemExit(f'error: variant {name!r}: {e}{kept}') from None
         desc = model.backbone.describe() if hasattr(model, 'backbone') and hasattr(model.backbone, 'describe') else ''
-        model.to(device).train()
-        ow = build_optim_wrapper(model, vcfg.optim_wrapper)
-        model.train_step(copy.deepcopy(batch), ow)  # warm-up: optimizer state exists from now on
 
         def one_iter(model=model, ow=ow):
             model.train_step(copy.deepcopy(batch), ow)
@@ -335,6 +347,8 @@ def run(argv=None) -> List[dict]:
         else:
             del one_iter, model, ow
         print(f'[{name}] peak {format_bytes(peak)}  {desc}', flush=True)
+        with open(osp.join(out_dir, 'benchmark_partial.json'), 'w') as f:  # kept if a later variant fails
+            json.dump(dict(meta=meta, results=results), f, indent=2)
 
     if device.type == 'cuda':
         for _, model, optimizer in built.values():
@@ -356,18 +370,12 @@ def run(argv=None) -> List[dict]:
             r['time_ratio'] = r['sec_per_iter'] / statistics.median(base['times'])
             r['cpu_time_ratio'] = r['cpu_sec_per_iter'] / statistics.median(base['cpu_times'])
 
-    backbone = (cfg.model.get('backbone') or {}).get('model_name')
-    meta = dict(config=args.config, backbone=backbone, device=str(device), batch_size=batch_size,
-                input_size=list(input_size), data=args.data,
-                iters=args.iters, amp=args.amp, torch=torch.__version__, threads=torch.get_num_threads(),
-                memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
-                else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')
     print_table(results, meta)
-    out_dir = args.out_dir or osp.join('work_dirs', 'benchmarks', osp.splitext(osp.basename(args.config))[0])
-    os.makedirs(out_dir, exist_ok=True)
     with open(osp.join(out_dir, 'benchmark.json'), 'w') as f:
         json.dump(dict(meta=meta, results=results), f, indent=2)
     plot(results, meta, osp.join(out_dir, 'benchmark.png'))
+    if osp.exists(osp.join(out_dir, 'benchmark_partial.json')):
+        os.remove(osp.join(out_dir, 'benchmark_partial.json'))
     print(f'wrote {out_dir}/benchmark.json and benchmark.png')
     return results
 

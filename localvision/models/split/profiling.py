@@ -115,19 +115,29 @@ class SplitProfile:
     exits: List[int]
     tail: int
 
-    def module_cost(self, i: int, j: int, last: bool, checkpointing: bool = False) -> int:
+    def module_cost(self, i: int, j: int, last: bool, checkpointing: bool = False, plain: int = 0) -> int:
         """Peak bytes of activations of a module of blocks ``i..j`` during its training step.
 
         Without checkpointing every block's saved tensors and the objective's (or, for the last
         module, the tail's) are alive when the backward starts. With checkpointing the blocks
         keep only their inputs; the objective's tensors are freed by its backward before the
         first block is recomputed, and one block is recomputed at a time, so the peak is the
-        inputs plus the larger of the objective and the largest recomputation.
+        inputs plus the larger of the objective and the largest recomputation. ``plain``: the
+        module's last ``plain`` blocks run without checkpointing (their saved tensors are alive
+        with the objective's; the backward frees them before the first recomputation).
         """
         end = self.tail if last else self.exits[j]
         if not checkpointing:
             return sum(self.saved[i:j + 1]) + end
-        return sum(self.inputs[i:j + 1]) + max(end, max(self.recompute[i:j + 1]))
+        c = j + 1 - plain  # blocks i..c-1 checkpointed, c..j plain
+        return sum(self.inputs[i:c]) + max(sum(self.saved[c:j + 1]) + end, max(self.recompute[i:c], default=0))
+
+    def plain_blocks(self, i: int, j: int, last: bool, budget: int) -> int:
+        """How many of the last blocks of module ``i..j`` can run without checkpointing while its
+        checkpointed cost stays within ``budget`` (the split's peak): no recomputation where it
+        would not lower the peak."""
+        fits = [p for p in range(j - i + 2) if self.module_cost(i, j, last, True, p) <= budget]
+        return max(fits, default=0)
 
 
 @contextmanager

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from localvision.errors import InputError
 
-from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -57,7 +57,9 @@ class StagedTimm(nn.Module):
             timm's ``set_grad_checkpointing`` does): a module keeps only its blocks' inputs and
             recomputes one block's activations at a time in its backward. Same gradients and
             BatchNorm statistics, less memory, about one more forward of compute; the balanced
-            split then balances that cost (:meth:`SplitProfile.module_cost`).
+            split then balances that cost (:meth:`SplitProfile.module_cost`) and leaves the
+            last blocks of a module plain where they fit under the split's peak (``self.plain``:
+            recomputing them would not lower the peak, only cost time).
         pretrained / checkpoint_path: only local weights, never a download.
         **timm_kwargs: passed to ``timm.create_model`` (``num_classes``, ``output_stride``,
             ``img_size``, ``dynamic_img_size``, ``drop_path_rate``...).
@@ -93,6 +95,9 @@ class StagedTimm(nn.Module):
         self.block_costs: Optional[List[int]] = None
         self.split_profile: Optional[SplitProfile] = None
         self.grad_checkpointing = bool(grad_checkpointing)
+        # blocks run without checkpointing although it is on (the balanced split finds those that
+        # fit under its peak; none otherwise)
+        self.plain: FrozenSet[int] = frozenset()
         self.level_blocks: List[int] = self._level_blocks(out_stages, out_blocks)
         self.frozen_stages = int(frozen_stages)
         self.norm_eval = bool(norm_eval)
@@ -134,7 +139,7 @@ class StagedTimm(nn.Module):
             strategy = split.get('strategy', 'balanced')
             if strategy not in STRATEGIES:
                 raise InputError(f"split.strategy='{strategy}' is unknown; allowed: {list(STRATEGIES)}")
-            if k == 1:
+            if k == 1 and not self.grad_checkpointing:
                 cuts = []
             elif strategy == 'equal':
                 cuts = equal_cuts(self.num_blocks, k)
@@ -149,10 +154,22 @@ class StagedTimm(nn.Module):
                 self.split_profile, self.block_costs = prof, prof.saved
                 if self.grad_checkpointing:
                     cuts = min_max_cuts(self.num_blocks, k, lambda i, j, last: prof.module_cost(i, j, last, True))
+                    self.plain = self._plain_blocks(prof, cuts)
                 else:
                     cuts = balanced_cuts(prof.saved, k, prof.exits, prof.tail)
         self.cuts = cuts
         return cuts
+
+    def _plain_blocks(self, prof: SplitProfile, cuts: List[int]) -> FrozenSet[int]:
+        """Blocks that run without checkpointing: the last blocks of each module, as many as keep
+        the module within the split's checkpointed peak (recomputing them would not lower it)."""
+        ranges = module_ranges(cuts, self.num_blocks)
+        ends = [(r[0], r[-1], k == len(ranges) - 1) for k, r in enumerate(ranges)]
+        budget = max(prof.module_cost(i, j, last, True) for i, j, last in ends)
+        plain = set()
+        for i, j, last in ends:
+            plain.update(range(j + 1 - prof.plain_blocks(i, j, last, budget), j + 1))
+        return frozenset(plain)
 
     def module_ranges(self) -> List[range]:
         return module_ranges(self.cuts, self.num_blocks)
@@ -244,7 +261,7 @@ class StagedTimm(nn.Module):
 
     def run_block(self, i: int, x: Tensor) -> Tensor:
         """Block ``i`` on ``x``; under activation checkpointing when it is on and training."""
-        if self.grad_checkpointing and self.training:
+        if self.grad_checkpointing and self.training and i not in self.plain:
             return checkpointed(self.seq.blocks[i], x, modules=self.seq.infos[i].modules)
         return self.seq.blocks[i](x)
 

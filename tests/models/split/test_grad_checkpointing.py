@@ -123,6 +123,14 @@ def test_module_cost_with_and_without_checkpointing():
     assert prof.module_cost(0, 1, last=False, checkpointing=True) == 1 + 3 + max(4, 9, 6)
     assert prof.module_cost(0, 2, last=False, checkpointing=True) == 1 + 3 + 3 + 20  # the objective's peak
     assert prof.module_cost(2, 3, last=True, checkpointing=True) == 3 + 2 + 7
+    # the last blocks run plain: their saved tensors are alive with the objective's
+    assert prof.module_cost(0, 1, last=False, checkpointing=True, plain=1) == 1 + max(8 + 4, 9)
+    assert prof.module_cost(0, 1, last=False, checkpointing=True, plain=2) == prof.module_cost(0, 1, last=False)
+    assert prof.module_cost(2, 3, last=True, checkpointing=True, plain=0) == 3 + 2 + 7
+    # as many plain blocks as the budget allows
+    assert prof.plain_blocks(0, 1, last=False, budget=12) == 0
+    assert prof.plain_blocks(0, 1, last=False, budget=13) == 1
+    assert prof.plain_blocks(0, 1, last=False, budget=22) == 2
 
 
 @pytest.mark.parametrize('k', [1, 2, 3, 5])
@@ -168,6 +176,43 @@ def test_balanced_split_with_checkpointing_uses_the_checkpointed_cost():
         starts, ends = [0] + [c + 1 for c in cs], list(cs) + [st.num_blocks - 1]
         return max(cost(i, j, j == st.num_blocks - 1) for i, j in zip(starts, ends))
     assert worst(cuts) <= worst(plain_cuts)
+
+
+@pytest.mark.parametrize('k', [1, 4])
+def test_blocks_that_fit_under_the_peak_run_plain(k):
+    """With checkpointing the balanced split leaves the last blocks of a module plain where the
+    module's cost stays within the split's peak: less recomputation, the same peak."""
+    split = dict(num_modules=k, strategy='balanced', input_size=(3, 32, 32))
+    st = StagedTimm('cifar_resnet110', split=split, num_classes=10, grad_checkpointing=True)
+    st.resolve_split()
+    prof, ranges = st.split_profile, st.module_ranges()
+    assert prof is not None and 0 < len(st.plain) < st.num_blocks // 4
+    costs = [prof.module_cost(r[0], r[-1], n == k - 1, True) for n, r in enumerate(ranges)]
+    for n, r in enumerate(ranges):
+        plain = [i for i in r if i in st.plain]
+        assert plain == list(r)[len(r) - len(plain):]  # a module's last blocks
+        assert prof.module_cost(r[0], r[-1], n == k - 1, True, len(plain)) <= max(costs)
+    assert max(ranges[-1]) in st.plain  # the classifier's tail is small: the last block never pays
+
+
+def test_plain_blocks_keep_the_peak_memory():
+    """Measured: the peak with the plain blocks is that of checkpointing every block (within 5 %),
+    and the gradients are those without checkpointing."""
+    batch = tiny('LocalImageClassifier').batch(16)
+    model = build('LocalImageClassifier', 3, **dict(CKPT, **{'split.strategy': 'balanced'}))
+    assert model.backbone.plain
+    every, off = copy.deepcopy(model), copy.deepcopy(model)
+    every.backbone.plain = frozenset()
+    off.backbone.grad_checkpointing = False
+    for o in off.objectives:
+        o.grad_checkpointing = False
+    g_off, _ = one_iteration(copy.deepcopy(off), batch)
+    g_plain, _ = one_iteration(copy.deepcopy(model), batch)
+    for n in g_off:
+        torch.testing.assert_close(g_plain[n], g_off[n], rtol=1e-5, atol=1e-6, msg=n)
+    with_plain, all_ckpt = peak_of_one_iteration(model, batch), peak_of_one_iteration(every, batch)
+    assert with_plain <= 1.05 * all_ckpt, (with_plain, all_ckpt)
+    assert peak_of_one_iteration(off, batch) > 1.3 * with_plain
 
 
 @pytest.mark.parametrize('name', ['LocalImageClassifier', 'LocalEncoderDecoder', 'LocalSingleStageDetector'])

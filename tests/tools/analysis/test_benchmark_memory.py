@@ -73,3 +73,16 @@ def test_objectives_on_later_blocks_measured_on_the_configs_objective(tmp_path):
     assert benchmark_memory.objective_on('AugLocal', dict(type='MAN')) == dict(type='AugLocal')
     with pytest.raises(SystemExit, match="'Nope' is not a registered local objective"):
         benchmark_memory.objective_on('Nope', None)
+
+
+def test_a_variant_that_cannot_be_built_is_one_error_line_and_keeps_what_was_measured(tmp_path):
+    """A bad ``--variant`` (here an unknown executor) stops with one ``error:`` line naming
+    the variant; the variants measured before it stay on disk."""
+    cfg = config(tmp_path, num_modules=2, strategy='equal')
+    with pytest.raises(SystemExit, match=r"error: variant 'bad': .*executor.*benchmark_partial.json"):
+        benchmark_memory.run([cfg, '--ks', '1', '--batch-size', '4', '--iters', '0', '--out-dir', str(tmp_path),
+                              '--variant', 'bad:model.executor.type=Nope',
+                              '--cfg-options', 'model.head.num_classes=10'])
+    partial = json.loads((tmp_path / 'benchmark_partial.json').read_text())
+    assert [r['name'] for r in partial['results']] == ['E2E']
+    assert not (tmp_path / 'benchmark.json').exists()
