@@ -120,17 +120,23 @@ class SplitProfile:
 
         Without checkpointing every block's saved tensors and the objective's (or, for the last
         module, the tail's) are alive when the backward starts. With checkpointing the blocks
-        keep only their inputs; the objective's tensors are freed by its backward before the
-        first block is recomputed, and one block is recomputed at a time, so the peak is the
-        inputs plus the larger of the objective and the largest recomputation. ``plain``: the
-        module's last ``plain`` blocks run without checkpointing (their saved tensors are alive
-        with the objective's; the backward frees them before the first recomputation).
+        keep only their inputs: when the backward starts, the inputs and the objective's tensors
+        are alive; the objective's backward frees its tensors, then the blocks are recomputed one
+        at a time from the last, block b's recomputation beside the inputs of blocks ``i..b``
+        (the later ones were freed by their backward). ``plain``: the module's last ``plain``
+        blocks run without checkpointing (their saved tensors are alive with the objective's
+        when the backward starts and are freed before the first recomputation).
         """
         end = self.tail if last else self.exits[j]
         if not checkpointing:
             return sum(self.saved[i:j + 1]) + end
         c = j + 1 - plain  # blocks i..c-1 checkpointed, c..j plain
-        return sum(self.inputs[i:c]) + max(sum(self.saved[c:j + 1]) + end, max(self.recompute[i:c], default=0))
+        start = sum(self.inputs[i:c]) + sum(self.saved[c:j + 1]) + end
+        kept, recomputing = 0, 0
+        for b in range(i, c):
+            kept += self.inputs[b]
+            recomputing = max(recomputing, kept + self.recompute[b])
+        return max(start, recomputing)
 
     def plain_blocks(self, i: int, j: int, last: bool, budget: int) -> int:
         """How many of the last blocks of module ``i..j`` can run without checkpointing while its

@@ -120,13 +120,14 @@ def test_module_cost_with_and_without_checkpointing():
                         tail=2)
     assert prof.module_cost(0, 1, last=False) == 10 + 8 + 4
     assert prof.module_cost(2, 3, last=True) == 8 + 4 + 2
-    assert prof.module_cost(0, 1, last=False, checkpointing=True) == 1 + 3 + max(4, 9, 6)
+    # block b is recomputed beside the inputs of the blocks up to b (the later ones are freed)
+    assert prof.module_cost(0, 1, last=False, checkpointing=True) == max(1 + 3 + 4, 1 + 9, 1 + 3 + 6)
     assert prof.module_cost(0, 2, last=False, checkpointing=True) == 1 + 3 + 3 + 20  # the objective's peak
-    assert prof.module_cost(2, 3, last=True, checkpointing=True) == 3 + 2 + 7
+    assert prof.module_cost(2, 3, last=True, checkpointing=True) == max(3 + 2 + 2, 3 + 7, 3 + 2 + 3)
     # the last blocks run plain: their saved tensors are alive with the objective's
-    assert prof.module_cost(0, 1, last=False, checkpointing=True, plain=1) == 1 + max(8 + 4, 9)
+    assert prof.module_cost(0, 1, last=False, checkpointing=True, plain=1) == max(1 + 8 + 4, 1 + 9)
     assert prof.module_cost(0, 1, last=False, checkpointing=True, plain=2) == prof.module_cost(0, 1, last=False)
-    assert prof.module_cost(2, 3, last=True, checkpointing=True, plain=0) == 3 + 2 + 7
+    assert prof.module_cost(2, 3, last=True, checkpointing=True, plain=0) == 10
     # as many plain blocks as the budget allows
     assert prof.plain_blocks(0, 1, last=False, budget=12) == 0
     assert prof.plain_blocks(0, 1, last=False, budget=13) == 1
@@ -196,7 +197,7 @@ def test_blocks_that_fit_under_the_peak_run_plain(k):
 
 
 def test_plain_blocks_keep_the_peak_memory():
-    """Measured: the peak with the plain blocks is that of checkpointing every block (within 5 %),
+    """Measured: the peak with the plain blocks is that of checkpointing every block (within 1 %),
     and the gradients are those without checkpointing."""
     batch = tiny('LocalImageClassifier').batch(16)
     model = build('LocalImageClassifier', 3, **dict(CKPT, **{'split.strategy': 'balanced'}))
@@ -211,7 +212,7 @@ def test_plain_blocks_keep_the_peak_memory():
     for n in g_off:
         torch.testing.assert_close(g_plain[n], g_off[n], rtol=1e-5, atol=1e-6, msg=n)
     with_plain, all_ckpt = peak_of_one_iteration(model, batch), peak_of_one_iteration(every, batch)
-    assert with_plain <= 1.05 * all_ckpt, (with_plain, all_ckpt)
+    assert with_plain <= 1.01 * all_ckpt, (with_plain, all_ckpt)
     assert peak_of_one_iteration(off, batch) > 1.3 * with_plain
 
 
