@@ -291,6 +291,10 @@ def run(argv=None) -> List[dict]:
         raise SystemExit('error: give --input-size C H W (the config has no model.split.input_size)')
     if cfg.model.get('split') is not None:
         cfg.model.split['input_size'] = tuple(input_size)
+    pre = cfg.model.get('data_preprocessor') or {}
+    if args.data == 'synthetic' and pre.get('size') is not None:
+        # mmseg pads every image to the training crop (`size`): measure at the size asked for
+        pre['size'] = tuple(input_size[-2:])
     if args.data == 'synthetic':
         if det_num_classes(cfg) is not None:
             batch = synthetic_det_batch(batch_size, input_size, det_num_classes(cfg))

@@ -86,3 +86,16 @@ def test_a_variant_that_cannot_be_built_is_one_error_line_and_keeps_what_was_mea
     partial = json.loads((tmp_path / 'benchmark_partial.json').read_text())
     assert [r['name'] for r in partial['results']] == ['E2E']
     assert not (tmp_path / 'benchmark.json').exists()
+
+
+def test_segmentation_is_measured_at_the_input_size_asked_for(tmp_path):
+    """mmseg's data preprocessor pads every image to the config's training crop (``size``); the
+    synthetic batch of ``--input-size`` is measured at that size, not padded to the crop."""
+    cfg = osp.join(ROOT, 'configs', 'seg', 'deeplab_infopro_k4_demo.py')
+    peaks = []
+    for crop in ('(32,32)', '(32,96)'):
+        r = benchmark_memory.run([cfg, '--ks', '1', '--batch-size', '2', '--input-size', '3', '32', '32',
+                                  '--iters', '0', '--out-dir', str(tmp_path),
+                                  '--cfg-options', f'model.data_preprocessor.size={crop}'])
+        peaks.append(r[0]['peak_bytes'])
+    assert peaks[0] == peaks[1]
