@@ -154,7 +154,7 @@ class LocalLearningModel(metaclass=ABCMeta):
         if bb.grad_checkpointing:
             plain = [bb.seq.infos[i].name for i in sorted(bb.plain)]
             print_log(f'checkpointing {bb.num_blocks - len(plain)} of {bb.num_blocks} blocks' +
-                      (f' ({", ".join(plain)} run plain: they fit under the split\'s peak)' if plain else ''),
+                      (f' ({", ".join(plain)} run plain: recomputing them would not lower the peak)' if plain else ''),
                       logger='current')
         if bb.num_modules == 1:
             split = bb.split_cfg

@@ -138,11 +138,14 @@ class SplitProfile:
             recomputing = max(recomputing, kept + self.recompute[b])
         return max(start, recomputing)
 
-    def plain_blocks(self, i: int, j: int, last: bool, budget: int) -> int:
-        """How many of the last blocks of module ``i..j`` can run without checkpointing while its
-        checkpointed cost stays within ``budget`` (the split's peak): no recomputation where it
-        would not lower the peak."""
-        fits = [p for p in range(j - i + 2) if self.module_cost(i, j, last, True, p) <= budget]
+    def plain_blocks(self, i: int, j: int, last: bool) -> int:
+        """How many of the last blocks of module ``i..j`` can run without checkpointing while the
+        module's checkpointed cost stays what it is with every block checkpointed: no
+        recomputation where it would not lower the module's own peak (the last block's activations
+        are needed as soon as the backward starts). Compared within the module only, so an error of
+        the cost model between modules (the task heads, gradients) cannot raise the split's peak."""
+        own = self.module_cost(i, j, last, True)
+        fits = [p for p in range(j - i + 2) if self.module_cost(i, j, last, True, p) <= own]
         return max(fits, default=0)
 
 

@@ -58,8 +58,8 @@ class StagedTimm(nn.Module):
             recomputes one block's activations at a time in its backward. Same gradients and
             BatchNorm statistics, less memory, about one more forward of compute; the balanced
             split then balances that cost (:meth:`SplitProfile.module_cost`) and leaves the
-            last blocks of a module plain where they fit under the split's peak (``self.plain``:
-            recomputing them would not lower the peak, only cost time).
+            last blocks of a module plain where recomputing them would not lower the module's
+            peak, only cost time (``self.plain``).
         pretrained / checkpoint_path: only local weights, never a download.
         **timm_kwargs: passed to ``timm.create_model`` (``num_classes``, ``output_stride``,
             ``img_size``, ``dynamic_img_size``, ``drop_path_rate``...).
@@ -95,8 +95,8 @@ class StagedTimm(nn.Module):
         self.block_costs: Optional[List[int]] = None
         self.split_profile: Optional[SplitProfile] = None
         self.grad_checkpointing = bool(grad_checkpointing)
-        # blocks run without checkpointing although it is on (the balanced split finds those that
-        # fit under its peak; none otherwise)
+        # blocks run without checkpointing although it is on (the balanced split finds those whose
+        # recomputation would not lower their module's peak; none otherwise)
         self.plain: FrozenSet[int] = frozenset()
         self.level_blocks: List[int] = self._level_blocks(out_stages, out_blocks)
         self.frozen_stages = int(frozen_stages)
@@ -161,14 +161,13 @@ class StagedTimm(nn.Module):
         return cuts
 
     def _plain_blocks(self, prof: SplitProfile, cuts: List[int]) -> FrozenSet[int]:
-        """Blocks that run without checkpointing: the last blocks of each module, as many as keep
-        the module within the split's checkpointed peak (recomputing them would not lower it)."""
+        """Blocks that run without checkpointing: the last blocks of each module whose
+        recomputation would not lower the module's peak."""
         ranges = module_ranges(cuts, self.num_blocks)
-        ends = [(r[0], r[-1], k == len(ranges) - 1) for k, r in enumerate(ranges)]
-        budget = max(prof.module_cost(i, j, last, True) for i, j, last in ends)
         plain = set()
-        for i, j, last in ends:
-            plain.update(range(j + 1 - prof.plain_blocks(i, j, last, budget), j + 1))
+        for k, r in enumerate(ranges):
+            j = r[-1]
+            plain.update(range(j + 1 - prof.plain_blocks(r[0], j, k == len(ranges) - 1), j + 1))
         return frozenset(plain)
 
     def module_ranges(self) -> List[range]:
