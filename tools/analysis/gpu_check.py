@@ -649,7 +649,8 @@ class Check:
         figures = dict(counts=counts, tests=tests)
         if counts['failed'] or counts['error']:
             bad = [f"{t['name']}: {t['message']}" for t in tests if t['outcome'] in ('failed', 'error')]
-            raise PartFailed('\n'.join(bad[:10]))
+            where = ['\n'.join(t['traceback'].splitlines()[-15:]) for t in tests if t.get('traceback')][:3]
+            raise PartFailed('\n'.join(bad[:10] + where))
         if error is not None and not tests:
             raise error
         notes = [f'pytest: {str(error).splitlines()[0]}'] if error is not None else []
@@ -771,19 +772,26 @@ class Check:
 
 
 def junit_results(path: str) -> List[dict]:
-    """Per test case of a pytest JUnit XML: name, outcome (passed/failed/error/skipped), message."""
+    """Per test case of a pytest JUnit XML: name, outcome (passed/failed/error/skipped), message;
+    for a failure or error also the last 40 lines of its traceback (``traceback``), so the JSON alone
+    says where it failed."""
     out = []
     for case in ET.parse(path).getroot().iter('testcase'):
-        outcome, message = 'passed', ''
+        outcome, message, trace = 'passed', '', None
         for tag in ('failure', 'error', 'skipped'):
             el = case.find(tag)
             if el is not None:
                 outcome = 'failed' if tag == 'failure' else tag
                 message = (el.get('message') or el.text or '').strip().splitlines()[-1:] or ['']
                 message = message[0][:300]
+                if tag != 'skipped' and el.text:
+                    trace = '\n'.join(el.text.strip().splitlines()[-40:])
                 break
-        out.append(dict(name=f"{case.get('classname')}::{case.get('name')}", outcome=outcome, message=message,
-                        seconds=float(case.get('time') or 0)))
+        row = dict(name=f"{case.get('classname')}::{case.get('name')}", outcome=outcome, message=message,
+                   seconds=float(case.get('time') or 0))
+        if trace is not None:
+            row['traceback'] = trace
+        out.append(row)
     return out
 
 

@@ -198,3 +198,19 @@ def test_benchmark_keeps_optimizer_state_with_its_model():
     state = opt.state[p]
     assert state['exp_avg'].device.type == 'meta' and state['exp_avg_sq'].device.type == 'meta'
     assert state['step'].device.type == 'cpu'
+
+
+def test_junit_results_keep_the_traceback_of_a_failure(tmp_path):
+    """A failed part's JSON says where the test failed (the pipeline test on a GPU machine once
+    reported only 'IndexError: list index out of range')."""
+    xml = tmp_path / 'j.xml'
+    xml.write_text('<testsuites><testsuite><testcase classname="t" name="ok" time="1"/>'
+                   '<testcase classname="t" name="bad" time="2"><failure message="IndexError: list index out of range">'
+                   'Traceback\n  File "x.py", line 3, in f\n    a[5]\nIndexError: list index out of range</failure>'
+                   '</testcase><testcase classname="t" name="skip"><skipped message="no gpu"/></testcase>'
+                   '</testsuite></testsuites>')
+    rows = {r['name']: r for r in gpu_check.junit_results(str(xml))}
+    assert rows['t::ok']['outcome'] == 'passed' and 'traceback' not in rows['t::ok']
+    assert rows['t::bad']['outcome'] == 'failed'
+    assert 'File "x.py", line 3' in rows['t::bad']['traceback']
+    assert rows['t::skip']['outcome'] == 'skipped' and 'traceback' not in rows['t::skip']
