@@ -291,11 +291,10 @@ def run(argv=None) -> List[dict]:
         raise SystemExit('error: give --input-size C H W (the config has no model.split.input_size)')
     if cfg.model.get('split') is not None:
         cfg.model.split['input_size'] = tuple(input_size)
-    pre = cfg.model.get('data_preprocessor') or {}
-    if args.data == 'synthetic' and pre.get('size') is not None:
-        # mmseg pads every image to the training crop (`size`): measure at the size asked for
-        pre['size'] = tuple(input_size[-2:])
     if args.data == 'synthetic':
+        pre = cfg.model.get('data_preprocessor') or {}
+        if pre.get('size') is not None:  # mmseg pads every image to the training crop: measure the size asked for
+            pre['size'] = tuple(input_size[-2:])
         if det_num_classes(cfg) is not None:
             batch = synthetic_det_batch(batch_size, input_size, det_num_classes(cfg))
         elif is_seg_config(cfg):
@@ -319,6 +318,10 @@ def run(argv=None) -> List[dict]:
     os.makedirs(out_dir, exist_ok=True)
     built = {}
     results = []
+
+    def write_json(name: str) -> None:
+        with open(osp.join(out_dir, name), 'w') as f:
+            json.dump(dict(meta=meta, results=results), f, indent=2)
     for name, vcfg in variants.items():
         torch.manual_seed(0)
         try:
@@ -351,8 +354,7 @@ def run(argv=None) -> List[dict]:
         else:
             del one_iter, model, ow
         print(f'[{name}] peak {format_bytes(peak)}  {desc}', flush=True)
-        with open(osp.join(out_dir, 'benchmark_partial.json'), 'w') as f:  # kept if a later variant fails
-            json.dump(dict(meta=meta, results=results), f, indent=2)
+        write_json('benchmark_partial.json')  # kept if a later variant fails
 
     if device.type == 'cuda':
         for _, model, optimizer in built.values():
@@ -375,8 +377,7 @@ def run(argv=None) -> List[dict]:
             r['cpu_time_ratio'] = r['cpu_sec_per_iter'] / statistics.median(base['cpu_times'])
 
     print_table(results, meta)
-    with open(osp.join(out_dir, 'benchmark.json'), 'w') as f:
-        json.dump(dict(meta=meta, results=results), f, indent=2)
+    write_json('benchmark.json')
     plot(results, meta, osp.join(out_dir, 'benchmark.png'))
     if osp.exists(osp.join(out_dir, 'benchmark_partial.json')):
         os.remove(osp.join(out_dir, 'benchmark_partial.json'))
