@@ -210,3 +210,21 @@ def test_the_split_is_logged_and_an_unasked_k1_warned(name, monkeypatch):
     assert [msg for level, msg in logged if level == logging.WARNING] == [
         'model.split names neither cuts nor num_modules: K=1, the backbone trains end to end and '
         'model.local_objective is not used; set model.split.num_modules=K']
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_the_balanced_split_does_not_depend_on_the_seed(name):
+    """What the dry run keeps can depend on the values it computes (a two-stage detector's mask head
+    runs on the proposals that match a box), so it draws from a fixed seed: runs of the same config
+    with different seeds get the same profile and cuts, and the profiling leaves each run's weights
+    as its seed drew them (equal to a build with those cuts given explicitly)."""
+    balanced = dict(num_modules=3, strategy='balanced', input_size=(3, 64, 64))
+    models = [build(name, 3, seed=s, split=dict(balanced)) for s in (0, 3, 4)]  # 3, 4 moved the detector's
+    profiles = [m.backbone.split_profile for m in models]
+    assert profiles[1] == profiles[0] and profiles[2] == profiles[0]
+    assert models[1].backbone.cuts == models[0].backbone.cuts == models[2].backbone.cuts
+    given = build(name, 3, seed=3, split=dict(cuts=list(models[1].backbone.cuts), input_size=(3, 64, 64)))
+    drawn, explicit = models[1].state_dict(), given.state_dict()
+    assert drawn.keys() == explicit.keys()
+    for key in drawn:
+        torch.testing.assert_close(drawn[key], explicit[key], rtol=0, atol=0, msg=key)

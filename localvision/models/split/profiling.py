@@ -67,13 +67,15 @@ def checkpointed(fn: Callable[..., Tensor], *args, modules: Sequence[nn.Module] 
 class SavedTensorCounter:
     """Counts the bytes of distinct tensors autograd saves for backward (parameters excluded).
 
-    Storages are deduplicated, so a tensor saved by several ops counts once; the graph must be
-    kept alive while counting (addresses are then unique).
+    Storages are deduplicated (by address), so a tensor saved by several ops counts once; the
+    counter keeps every tensor it saw alive while it lives, so no address is reused by a later
+    tensor (which would then not be counted, depending on the allocator's history).
     """
 
     def __init__(self, exclude: Sequence[Tensor] = (), exclude_keys: Iterable[int] = ()) -> None:
         self.excluded = {t.untyped_storage().data_ptr() for t in exclude} | set(exclude_keys)
         self._seen = set(self.excluded)
+        self._alive: List[Tensor] = []
         self.nbytes = 0
 
     def _pack(self, t: Tensor) -> Tensor:
@@ -81,6 +83,7 @@ class SavedTensorCounter:
         key = st.data_ptr()
         if key not in self._seen:
             self._seen.add(key)
+            self._alive.append(t)
             self.nbytes += st.nbytes()
         return t
 
@@ -163,6 +166,39 @@ def _preserved_state(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+@contextmanager
+def _fixed_draw(modules: Sequence[nn.Module], seed: int, device: Optional[torch.device]) -> Iterator[None]:
+    """Inside: the random state seeded with ``seed`` and every weight with a ``reset_parameters``
+    redrawn from it; after: the weights and the random state as they were.
+
+    What a dry run keeps for backward can depend on the values it computes (how many proposals
+    match a box, and so how many RoIs a mask head runs on), so without this the run's seed, which
+    drew the weights, could move the balanced cuts.
+    """
+    saved, seen = [], set()
+    for mod in modules:
+        for m in mod.modules():
+            for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+                if t is None or id(t) in seen or nn.parameter.is_lazy(t):
+                    continue
+                seen.add(id(t))
+                saved.append((m, name, t.detach().clone()))
+    with torch.random.fork_rng(devices=[device] if device is not None and device.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        try:
+            with torch.no_grad():
+                for mod in modules:
+                    for m in mod.modules():
+                        reset = getattr(m, 'reset_parameters', None)
+                        if callable(reset) and not any(nn.parameter.is_lazy(t) for t in m.parameters(recurse=False)):
+                            reset()
+            yield
+        finally:
+            with torch.no_grad():
+                for m, name, value in saved:
+                    getattr(m, name).copy_(value)
+
+
 def _storage_bytes(t: Tensor) -> int:
     return t.untyped_storage().nbytes()
 
@@ -171,13 +207,17 @@ def profile_saved_bytes(seq: BlockSequence, input_shape: Sequence[int], batch_si
                         exit_loss: Optional[Callable[[int, Tensor], Tensor]] = None,
                         tail_loss: Optional[Callable[[Tensor], Tensor]] = None,
                         extra_modules: Sequence[nn.Module] = (),
-                        device: Optional[torch.device] = None) -> SplitProfile:
+                        device: Optional[torch.device] = None, seed: int = 0) -> SplitProfile:
     """Dry-run one training forward and measure saved-for-backward bytes (see :class:`SplitProfile`).
 
     ``exit_loss(block_index, block_output)`` is the auxiliary objective a module ending at that
     block would get (on the output as the block hands it on: a map, an NHWC map or tokens),
     ``tail_loss(last_output)`` the task heads and losses after the final norm.
     Checkpointed objectives run plainly here, so their full cost is measured.
+    The dry run draws its input, the weights it runs with (those of ``seq.model`` and
+    ``extra_modules``) and the objectives built during it from ``seed``, and leaves the weights, the
+    buffers and the random state as it found them: the same config gives the same profile
+    whatever the run's seed.
     """
     params = [p for p in seq.model.parameters()]
     for m in extra_modules:
@@ -185,7 +225,8 @@ def profile_saved_bytes(seq: BlockSequence, input_shape: Sequence[int], batch_si
     counter = SavedTensorCounter(exclude=params)
     prof = SplitProfile([], [], [], [], 0)
     keep: List[Tensor] = []  # keep graphs alive so storages are not reused while counting
-    with _preserved_state(seq.model), torch.enable_grad(), checkpointing_suspended():
+    with _fixed_draw([seq.model, *extra_modules], seed, device), _preserved_state(seq.model), \
+            torch.enable_grad(), checkpointing_suspended():
         x = torch.randn(batch_size, *input_shape, device=device)
         for i, blk in enumerate(seq.blocks):
             own = SavedTensorCounter(exclude=[x], exclude_keys=counter.excluded)

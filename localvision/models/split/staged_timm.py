@@ -144,13 +144,12 @@ class StagedTimm(nn.Module):
             elif strategy == 'equal':
                 cuts = equal_cuts(self.num_blocks, k)
             else:
-                device = next(self.model.parameters()).device
-                # the dry run leaves the random state as it found it: the model's initialisation
-                # (objectives, context, built after) does not depend on the profiling
-                with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-                    prof = profile_saved_bytes(
-                        self.seq, self.input_size, split.get('profile_batch_size', 2), exit_loss, tail_loss,
-                        extra_modules=extra_modules, device=device)
+                # the dry run draws from a fixed seed and leaves weights and random state as it found
+                # them: the cuts do not depend on the run's seed, nor the model's initialisation
+                # (objectives, context, built after) on the profiling
+                prof = profile_saved_bytes(
+                    self.seq, self.input_size, split.get('profile_batch_size', 2), exit_loss, tail_loss,
+                    extra_modules=extra_modules, device=next(self.model.parameters()).device)
                 self.split_profile, self.block_costs = prof, prof.saved
                 if self.grad_checkpointing:
                     cuts = min_max_cuts(self.num_blocks, k, lambda i, j, last: prof.module_cost(i, j, last, True))
