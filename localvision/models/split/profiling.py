@@ -153,16 +153,13 @@ class SplitProfile:
 
 
 @contextmanager
-def _preserved_state(module: nn.Module) -> Iterator[None]:
-    """Train mode for the dry run, then restore buffers (BN statistics) and the mode."""
+def _train_mode(module: nn.Module) -> Iterator[None]:
+    """Train mode for the dry run, then the mode as it was (:func:`_fixed_draw` restores the buffers)."""
     was_training = module.training
-    saved = {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()
-             if not isinstance(v, nn.Parameter)}
     module.train()
     try:
         yield
     finally:
-        module.load_state_dict(saved, strict=False)
         module.train(was_training)
 
 
@@ -225,7 +222,7 @@ def profile_saved_bytes(seq: BlockSequence, input_shape: Sequence[int], batch_si
     counter = SavedTensorCounter(exclude=params)
     prof = SplitProfile([], [], [], [], 0)
     keep: List[Tensor] = []  # keep graphs alive so storages are not reused while counting
-    with _fixed_draw([seq.model, *extra_modules], seed, device), _preserved_state(seq.model), \
+    with _fixed_draw([seq.model, *extra_modules], seed, device), _train_mode(seq.model), \
             torch.enable_grad(), checkpointing_suspended():
         x = torch.randn(batch_size, *input_shape, device=device)
         for i, blk in enumerate(seq.blocks):
