@@ -18,7 +18,7 @@ from mmengine.runner import Runner  # noqa: E402
 from localvision.engine.interrupt import StopAtIterationHook, StopOnSignal, TrainingInterrupted  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
-from localvision.utils.config import load_config  # noqa: E402
+from localvision.utils.config import check_param_schedulers, load_config  # noqa: E402
 from localvision.utils.data_check import check_data  # noqa: E402
 from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
 
@@ -125,6 +125,7 @@ def main(argv=None):
     allow_mmengine_checkpoints()
     try:
         cfg = build_cfg(args)
+        check_param_schedulers(cfg)
         check_data(cfg, 'train')  # before any process group or model is made
     except InputError as e:
         raise SystemExit(f'error: {e}') from None

@@ -38,6 +38,43 @@ def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optiona
     return cfg
 
 
+def check_param_schedulers(cfg: Config) -> None:
+    """Build ``cfg.param_scheduler`` on a stand-in optimizer, as the Runner will when training
+    starts, so that a bad scheduler (an unknown type, ``end <= begin``, a wrong argument) is one
+    :class:`InputError` before anything is built. Configs whose optimizer cannot stand alone (several
+    optimizers, a custom constructor) are left to the Runner."""
+    import torch
+    from mmengine.registry import OPTIMIZERS, PARAM_SCHEDULERS
+
+    schedulers = cfg.get('param_scheduler')
+    optim = (cfg.get('optim_wrapper') or {}).get('optimizer')
+    if not schedulers or not isinstance(optim, dict) or (cfg.get('optim_wrapper') or {}).get('constructor'):
+        return
+    scope = cfg.get('default_scope') or 'mmengine'
+    train_cfg = cfg.get('train_cfg') or {}
+    with OPTIMIZERS.switch_scope_and_registry(scope) as registry:
+        try:
+            optimizer = registry.build(dict(optim, params=[torch.nn.Parameter(torch.zeros(1))]))
+        except Exception:  # noqa: BLE001  (the Runner says what is wrong with the optimizer itself)
+            return
+    items = schedulers if isinstance(schedulers, (list, tuple)) else [schedulers]
+    with PARAM_SCHEDULERS.switch_scope_and_registry(scope) as registry:
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            item = dict(item)
+            if 'end' not in item:  # the Runner's default: the length of training
+                end = train_cfg.get('max_epochs') if item.get('by_epoch', True) else train_cfg.get('max_iters')
+                if end is not None:
+                    item['end'] = end
+            try:
+                registry.build(item, default_args=dict(optimizer=optimizer, epoch_length=1))
+            except (KeyError, ValueError, TypeError, AssertionError) as e:
+                msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+                raise InputError(f"param_scheduler[{i}] ({item.get('type')}): {msg}; fix it in the config "
+                                 f'or with --cfg-options param_scheduler.{i}.KEY=VALUE') from None
+
+
 def model_config(cfg: Config):
     """A copy of ``cfg.model`` with the top-level ``data_preprocessor`` merged in, as mmengine's
     Runner does before it builds the model (mmpretrain's configs keep it there, with the
