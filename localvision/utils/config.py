@@ -47,8 +47,9 @@ def check_param_schedulers(cfg: Config) -> None:
     from mmengine.registry import OPTIMIZERS, PARAM_SCHEDULERS
 
     schedulers = cfg.get('param_scheduler')
-    optim = (cfg.get('optim_wrapper') or {}).get('optimizer')
-    if not schedulers or not isinstance(optim, dict) or (cfg.get('optim_wrapper') or {}).get('constructor'):
+    wrapper = cfg.get('optim_wrapper') or {}
+    optim = wrapper.get('optimizer')
+    if not schedulers or not isinstance(optim, dict) or wrapper.get('constructor'):
         return
     scope = cfg.get('default_scope') or 'mmengine'
     train_cfg = cfg.get('train_cfg') or {}
