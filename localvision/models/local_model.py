@@ -145,7 +145,24 @@ class LocalLearningModel(metaclass=ABCMeta):
                                          field_name='model.context')
         self._check_objectives_train_next_module()
         self._plan_units()
+        self._set_memory_format()
         self._log_split(local_objective)
+
+    def init_weights(self) -> None:
+        """The adapter's initialisation, drawn in the contiguous layout: with
+        ``backbone.channels_last`` a seed gives the same initial weights (in-place initialisers
+        fill a tensor in memory order)."""
+        self._set_memory_format(torch.contiguous_format)
+        super().init_weights()
+        self._set_memory_format()
+
+    def _set_memory_format(self, memory_format: Optional[torch.memory_format] = None) -> None:
+        """``backbone.channels_last``: the backbone, the local objectives and the context supply in
+        channels-last format (or ``memory_format``); the task's heads are left as they are."""
+        if self.backbone.channels_last:
+            for part in (self.backbone, self.objectives, self.context):
+                if part is not None:
+                    part.to(memory_format=memory_format or torch.channels_last)
 
     def _log_split(self, local_objective: Union[dict, List[dict], None]) -> None:
         """Say where the backbone was cut; warn where no K was asked for (K=1 trains end to end)."""
@@ -253,11 +270,17 @@ class LocalLearningModel(metaclass=ABCMeta):
         if self.context is not None:
             h = self.context(k, h, ctx, self.backbone.to_map)
         if (torch.is_grad_enabled() and not h.requires_grad and h.device.type == 'cpu' and h.dim() == 4
-                and not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last)):
+                and not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last)
+                and self._has_group_norm(k)):
             # torch's CPU group_norm backward crashes (segfault) on a channels-last input that needs no
             # gradient, which a detached cut state is (MetaFormer v2 blocks open with GroupNorm)
             h = h.contiguous()
         return h
+
+    def _has_group_norm(self, k: int) -> bool:
+        """Whether module k has a GroupNorm (its cut state is then handed on contiguous on CPU)."""
+        bb = self.backbone
+        return any(isinstance(m, nn.GroupNorm) for i in bb.module_ranges()[k] for m in bb.seq.blocks[i].modules())
 
     def forward_unit(self, k: int, h: Tensor, ctx: LocalContext) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Unit k: module k (on its input plus context), its local loss (k < K-1) and the losses of

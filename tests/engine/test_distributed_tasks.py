@@ -38,11 +38,11 @@ def one_step_peak(model, data: dict, ow: OptimWrapper, step) -> int:
     return peak.peak_bytes
 
 
-def _worker(rank: int, world: int, port: int, name: str, out: str) -> None:
+def _worker(rank: int, world: int, port: int, name: str, out: str, overrides: dict = None) -> None:
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world)
     torch.set_num_threads(1)
-    model = build(name, K, executor=EXECUTOR)
+    model = build(name, K, executor=EXECUTOR, **(overrides or {}))
     if rank == 1:  # a different start on rank 1: the wrapper must broadcast rank 0's weights
         with torch.no_grad():
             for p in model.parameters():
@@ -88,3 +88,22 @@ def test_two_ranks_match_one_process_and_keep_local_memory(tmp_path, name):
         peaks[key] = one_step_peak(model, copy.deepcopy(half), ow, model.train_step)
     for r in range(2):  # within 10 % of local training, and below end-to-end training
         assert ranks[r]['peak'] <= 1.1 * peaks['local'] and ranks[r]['peak'] < peaks['e2e'], (r, ranks[r]['peak'], peaks)
+
+
+def test_channels_last_ranks_match_one_contiguous_process(tmp_path):
+    """``backbone.channels_last``: the bucketed all-reduce hands channels-last weights contiguous
+    gradients; the ranks still equal one contiguous process averaging the two halves."""
+    name = 'LocalImageClassifier'
+    out = str(tmp_path / 'rank')
+    mp.spawn(_worker, args=(2, free_port(), name, out, {'backbone.channels_last': True}), nprocs=2, join=True)
+    ranks = [torch.load(f'{out}.{r}') for r in range(2)]
+    ref = build(name, K)
+    ref.train()
+    ow = OptimWrapper(torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9), accumulative_counts=2)
+    for seed, b in ((1, tiny(name).batch(4)), (2, tiny(name).batch(4, seed=1))):
+        for r in range(2):
+            torch.manual_seed(seed)
+            ref.train_step(copy.deepcopy(shard(b, r, 2)), ow)
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(ranks[0]['params'][n], ranks[1]['params'][n], rtol=0, atol=0, msg=n)
+        torch.testing.assert_close(ranks[0]['params'][n], p.detach(), rtol=1e-4, atol=1e-5, msg=n)

@@ -51,3 +51,16 @@ def test_sync_pipeline_on_a_graph_read_backbone(tiny_cls_root, tmp_path):
     work = str(tmp_path / 'work')
     spawn(cfg, work, 2)
     _compare(osp.join(work, 'epoch_1.pth'), reference_run(cfg, micro_batches=4, iters=4))
+
+
+def test_sync_pipeline_channels_last(tiny_cls_root, tmp_path):
+    """``backbone.channels_last`` on 3 stages (InfoPro + ContSup R1E: channels-last maps cross the
+    cuts, contiguous after the transport) trains like the single-process channels-last run (one
+    step equals the contiguous model's: tests/models/test_local_models.py)."""
+    extra = (", local_objective=dict(_delete_=True, type='InfoPro', loss_mode='softmax', lambda_recon=(5, 1), "
+             "lambda_task=(1, 1)), context=dict(type='ContSup', variant='R1E')")
+    cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root, cuts=(3, 6), model_extra=extra)
+    work = str(tmp_path / 'work')
+    options = {'model.backbone.channels_last': True}
+    spawn(cfg, work, 3, options=options)
+    _compare(osp.join(work, 'epoch_1.pth'), reference_run(cfg, micro_batches=4, iters=4, options=options))

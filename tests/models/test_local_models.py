@@ -191,6 +191,66 @@ def test_a_channels_last_cut_state_trains_through_group_norm():
     assert all(torch.isfinite(v).all() for v in losses.values())
 
 
+def _generic_objectives():
+    """The task-independent local objectives (``localvision.models.objectives``), from the registry."""
+    import localvision.models  # noqa: F401  (fills the registry)
+    from localvision.registry import OBJECTIVES
+    return sorted(n for n, c in OBJECTIVES.module_dict.items()
+                  if c.__module__.startswith('localvision.models.objectives'))
+
+
+def _step_and_params(model, data):
+    ow = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    torch.manual_seed(1)
+    losses = model.train_step(copy.deepcopy(data), ow)
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _check_channels_last(name, k, **overrides):
+    data = tiny(name).batch(2)
+    ref_losses, ref = _step_and_params(build(name, k, **overrides), data)
+    model = build(name, k, **overrides, **{'backbone.channels_last': True})
+    parts = [model.backbone, model.objectives] + ([model.context] if model.context is not None else [])
+    four_d = {n for part in parts for n, p in part.named_parameters(prefix=_prefix(model, part)) if p.dim() == 4}
+    assert four_d and all(dict(model.named_parameters())[n].is_contiguous(memory_format=torch.channels_last)
+                          for n in four_d)
+    # the task's heads stay contiguous (mmcv's CPU ops such as RoIAlign read NCHW memory)
+    assert all(p.is_contiguous() for n, p in model.named_parameters() if n not in four_d)
+    losses, got = _step_and_params(model, data)
+    assert set(losses) == set(ref_losses)
+    for key in (k for k in ref_losses if 'loss' in k):  # not accuracies: an argmax may flip on rounding
+        torch.testing.assert_close(losses[key], ref_losses[key], rtol=1e-4, atol=1e-5, msg=key)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-5, msg=n)
+    # the step kept the memory format (the optimizer updates in place)
+    assert all(dict(model.named_parameters())[n].is_contiguous(memory_format=torch.channels_last) for n in four_d)
+
+
+def _prefix(model, part) -> str:
+    return next(n for n, m in model.named_modules() if m is part)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_channels_last_trains_like_contiguous(name):
+    """``model.backbone.channels_last=True`` converts the backbone and the local-learning nets
+    and trains like the contiguous model (same initial weights, same step up to rounding)."""
+    _check_channels_last(name, 3)
+
+
+@pytest.mark.parametrize('objective', _generic_objectives())
+def test_channels_last_every_objective(objective):
+    """Every task-independent objective (and the ContSup context) under channels-last: no view of
+    a channels-last map breaks, and the step equals the contiguous one."""
+    obj = dict(type='MAN', momentum=0.0) if objective == 'MAN' else dict(type=objective)
+    _check_channels_last('LocalImageClassifier', 3, local_objective=obj,
+                         context=None if takes_no_context(objective) else dict(type='ContSup', variant='R1E'))
+
+
+def takes_no_context(objective: str) -> bool:
+    from localvision.registry import OBJECTIVES
+    return bool(getattr(OBJECTIVES.get(objective), 'trains_next_module', False))
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_the_split_is_logged_and_an_unasked_k1_warned(name, monkeypatch):
     import logging

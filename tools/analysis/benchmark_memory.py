@@ -2,6 +2,7 @@
 
     python tools/analysis/benchmark_memory.py CONFIG [--ks 1 2 4] [--batch-size 128]
         [--input-size 3 32 32] [--data synthetic|loader] [--iters 5] [--joint] [--checkpoint-ks [K ...]]
+        [--channels-last-ks [K ...]]
         [--objectives AugLocal MAN HPFF]
         [--amp [--amp-dtype bfloat16|float16]] [--out-dir DIR] [--cfg-options k=v ...]
 
@@ -13,8 +14,9 @@ of the config's train dataloader (real images and labels, after its pipeline).
 
 Every variant of the config (K=1 is end-to-end training through the same code path; with
 ``--checkpoint-ks`` also "E2E + ckpt" and "K=4 + ckpt": activation checkpointing of the backbone's
-blocks and of InfoPro's decoders, ``model.backbone.grad_checkpointing=True``) is built in one
-process, trained for a warm-up iteration, then measured on the same batch:
+blocks and of InfoPro's decoders, ``model.backbone.grad_checkpointing=True``; with
+``--channels-last-ks`` "E2E channels-last" and "K=4 channels-last", ``model.backbone.channels_last=True``)
+is built in one process, trained for a warm-up iteration, then measured on the same batch:
 
 - peak training memory of one iteration (forward, backward, optimizer step): on CUDA
   ``torch.cuda.max_memory_allocated``; on CPU the exact peak bytes of live tensors
@@ -64,6 +66,9 @@ def parse_args(argv=None):
                    help='split strategy for K>1 (default: the config\'s, else balanced)')
     p.add_argument('--joint', action='store_true',
                    help='also run the largest K with JointBackward (sum of losses, one backward)')
+    p.add_argument('--channels-last-ks', type=int, nargs='*', default=None, metavar='K',
+                   help='also run these K with model.backbone.channels_last=True (channels-last backbone and '
+                        'local-learning nets); without values: 1 and the largest of --ks')
     p.add_argument('--checkpoint-ks', type=int, nargs='*', default=None, metavar='K',
                    help='also run these K with activation checkpointing (backbone blocks and InfoPro decoders); '
                         'without values: 1 and the largest of --ks')
@@ -210,10 +215,12 @@ def objective_on(name: str, current) -> dict:
 
 def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
     out = {}
-    ckpt_ks = args.checkpoint_ks
+    ckpt_ks, cl_ks = args.checkpoint_ks, args.channels_last_ks
     if ckpt_ks is not None and not ckpt_ks:
         ckpt_ks = sorted({1, max(args.ks)})
-    for k in sorted(set(args.ks) | set(ckpt_ks or ())):
+    if cl_ks is not None and not cl_ks:
+        cl_ks = sorted({1, max(args.ks)})
+    for k in sorted(set(args.ks) | set(ckpt_ks or ()) | set(cl_ks or ())):
         c = copy.deepcopy(cfg)
         split = c.model.setdefault('split', {})
         explicit = split.get('cuts') is not None and len(split['cuts']) + 1 == k
@@ -226,6 +233,10 @@ def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
             out[name] = c
         if ckpt_ks and k in ckpt_ks:
             out[f'{name} + ckpt'] = with_checkpointing(c)
+        if cl_ks and k in cl_ks:
+            cl = copy.deepcopy(c)
+            cl.model.backbone['channels_last'] = True
+            out[f'{name} channels-last'] = cl
     for obj in args.objectives:
         for k in (k for k in sorted(args.ks) if k > 1):
             c = copy.deepcopy(out[f'K={k}'])
@@ -345,6 +356,7 @@ def run(argv=None) -> List[dict]:
                             executor=type(model.executor).__name__, params=params, times=[], cpu_times=[],
                             grad_checkpointing=bool(getattr(getattr(model, 'backbone', None), 'grad_checkpointing',
                                                             False)),
+                            channels_last=bool(getattr(getattr(model, 'backbone', None), 'channels_last', False)),
                             precision=str(getattr(ow, 'cast_dtype', None) or 'float32').replace('torch.', '')))
         if args.iters > 0:
             built[name] = (one_iter, model, ow.optimizer)

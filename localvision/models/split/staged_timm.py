@@ -60,6 +60,12 @@ class StagedTimm(nn.Module):
             split then balances that cost (:meth:`SplitProfile.module_cost`) and leaves the
             last blocks of a module plain where recomputing them would not lower the module's
             peak, only cost time (``self.plain``).
+        channels_last: keep the 4-D weights of the backbone and of the local-learning nets
+            (auxiliary nets, decoders, context projections) in channels-last memory format, as
+            timm's ``--channels-last`` does: their convolutions run on and return channels-last
+            maps (faster with oneDNN on CPU and with tensor cores on GPU). The task's heads and
+            neck stay contiguous and get contiguous levels (mmcv's ops read NCHW memory). Same
+            results up to rounding, same initial weights for a seed.
         pretrained / checkpoint_path: only local weights, never a download.
         **timm_kwargs: passed to ``timm.create_model`` (``num_classes``, ``output_stride``,
             ``img_size``, ``dynamic_img_size``, ``drop_path_rate``...).
@@ -69,8 +75,8 @@ class StagedTimm(nn.Module):
 
     def __init__(self, model_name: str, split: Optional[dict] = None, out_stages: Optional[Sequence[int]] = None,
                  out_blocks: Optional[Sequence[int]] = None, frozen_stages: int = -1, norm_eval: bool = False,
-                 grad_checkpointing: bool = False, pretrained: bool = False, checkpoint_path: str = '',
-                 **timm_kwargs) -> None:
+                 grad_checkpointing: bool = False, channels_last: bool = False, pretrained: bool = False,
+                 checkpoint_path: str = '', **timm_kwargs) -> None:
         super().__init__()
         for key, why in (('out_indices', 'mmseg/mmdet ResNets count out_indices from layer1, timm from the stem; '
                           'here levels are out_stages=(1, 2, 3, 4) for layer1..layer4 (stage 0 = the stem) or '
@@ -95,6 +101,7 @@ class StagedTimm(nn.Module):
         self.block_costs: Optional[List[int]] = None
         self.split_profile: Optional[SplitProfile] = None
         self.grad_checkpointing = bool(grad_checkpointing)
+        self.channels_last = bool(channels_last)
         # blocks run without checkpointing although it is on (the balanced split finds those whose
         # recomputation would not lower their module's peak; none otherwise)
         self.plain: FrozenSet[int] = frozenset()
@@ -281,6 +288,8 @@ class StagedTimm(nn.Module):
                 x = self.seq.final_norm(x)
             for j in at.get(i, ()):
                 levels[j] = self.to_map(x, img_hw)
+                if self.channels_last:  # the task's heads get plain NCHW maps (mmcv's CPU ops read
+                    levels[j] = levels[j].contiguous()  # raw NCHW memory, e.g. RoIAlign)
         return x, levels
 
     def to_map(self, x: Tensor, img_hw: Tuple[int, int]) -> Tensor:
