@@ -31,7 +31,9 @@ run) and ``learning_quality.png`` in ``--out-dir``; each finished run is also sa
 ``<out-dir>/runs/<method>_k<K>_s<seed>/result.json``, and a later invocation with the same
 ``--out-dir`` and the same settings (config, epochs, seed, data, batch, lr, options) takes it from
 there instead of training it again: an interrupted sweep resumes, and a sweep can be extended by
-more seeds or Ks later.
+more seeds or Ks later. ``--jobs N`` trains N runs at once, each in its own process with one thread
+(on a CPU machine: one run per core, which is faster than one run on all cores); their time column
+is then each run's median during training, not the interleaved timing.
 """
 from __future__ import annotations
 
@@ -135,13 +137,19 @@ def parse_args(argv=None):
                    help='train nothing: the table of the runs already saved in --out-dir (a sweep in progress)')
     p.add_argument('--timing-rounds', type=int, default=5,
                    help='interleaved timing rounds after training (default: %(default)s)')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='runs trained at once, each in its own process with one thread (CPU; e.g. 2 on a 2-core '
+                        'machine); the time column is then each run\'s median during training (default: %(default)s)')
     p.add_argument('--out-dir', default=None, help='default: work_dirs/learning_quality')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the --jobs processes
     if args.seed_one is not None:
         args.seeds = [args.seed_one]
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f'--seeds: {args.seeds} repeats a seed')
+    if args.jobs < 1:
+        p.error(f'--jobs: {args.jobs} must be >= 1')
     return args
 
 
@@ -351,6 +359,70 @@ def run_settings(args, seed: int, method: str) -> dict:
                 cfg_options={k: str(v) for k, v in (args.cfg_options or {}).items()})
 
 
+def run_path(out_dir: str, method: str, k: int, seed: int) -> str:
+    return osp.join(out_dir, 'runs', f'{method}_k{k}_s{seed}', 'result.json')
+
+
+def saved_result(args, out_dir: str, method: str, k: int, seed: int) -> Optional[dict]:
+    """The saved result of a run trained with the same settings, or None."""
+    path = run_path(out_dir, method, k, seed)
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        r = json.load(f)
+    return r if r.get('settings') == run_settings(args, seed, method) and 'best_accuracy' in r else None
+
+
+def train_one(args, base: Config, out_dir: str, method: str, k: int, seed: int) -> Tuple[dict, Callable[[], None]]:
+    """Train one run, save its ``result.json`` (atomically) and return it with its iteration."""
+    saved = run_path(out_dir, method, k, seed)
+    cfg = run_cfg(base, method, k, args, osp.dirname(saved), seed)
+    t0 = time.perf_counter()
+    r, one_iter = train_and_measure(cfg, probes=not args.no_probes)
+    r.update(method=method, k=k, epochs=args.epochs, seed=seed, settings=run_settings(args, seed, method),
+             sec_per_iter=r['train_sec_per_iter'])  # replaced by the interleaved timing, if any
+    AtomicLocalBackend().put_text(json.dumps(r, indent=2), saved)  # never half-written
+    print(f"[{method}_k{k}_s{seed}] top-1 {r['accuracy']:.2f}% (best {r['best_accuracy']:.2f}, train "
+          f"{r['train_top1']:.1f})  peak {format_bytes(r['peak_bytes'])}  {r['train_sec_per_iter']:.3f} s/iter while "
+          f"training  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return r, one_iter
+
+
+def _process_job(argv: List[str], out_dir: str, method: str, k: int, seed: int) -> None:
+    """One run in a worker process of ``--jobs`` (one thread)."""
+    torch.set_num_threads(1)
+    args = parse_args(argv)
+    logging.getLogger('mmengine').setLevel(logging.WARNING)
+    train_one(args, prepare_base(args), out_dir, method, k, seed)
+
+
+def train_in_processes(args, out_dir: str, pending: List[Tuple[str, int, int]]) -> None:
+    """``--jobs`` processes train the pending runs (in the table's order); each saves its result."""
+    if not pending:
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    os.environ['OMP_NUM_THREADS'] = '1'  # the workers' thread pools (read when they import torch)
+    print(f'training {len(pending)} run(s) in {min(args.jobs, len(pending))} processes, one thread each', flush=True)
+    pool = ProcessPoolExecutor(max_workers=min(args.jobs, len(pending)), mp_context=mp.get_context('spawn'))
+    try:
+        futures = [pool.submit(_process_job, args.argv, out_dir, *job) for job in pending]
+        for (method, k, seed), fut in zip(pending, futures):
+            exc = fut.exception()
+            if exc is not None:
+                raise SystemExit(f'error: run {method}_k{k}_s{seed} failed: {type(exc).__name__}: {exc} '
+                                 '(the runs finished so far are saved; run again without --jobs to see the traceback)')
+    except KeyboardInterrupt:
+        raise SystemExit(f'interrupted: the runs finished so far are saved in {out_dir}/runs; the same command '
+                         'trains only the others') from None
+    finally:  # stop the runs still going (an error or an interrupt): do not wait for them
+        processes = list((getattr(pool, '_processes', None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+
+
 def run(argv=None) -> List[dict]:
     args = parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')  # where the Runner trains
@@ -367,32 +439,25 @@ def run(argv=None) -> List[dict]:
           f'({n_train or "all"} training images, batch {base.train_dataloader.batch_size}), device {device}',
           flush=True)
     logging.getLogger('mmengine').setLevel(logging.WARNING)
+    if args.jobs > 1 and not args.saved_only:  # train the missing runs in parallel processes, then read them
+        pending = [job for job in jobs if saved_result(args, out_dir, *job) is None]
+        train_in_processes(args, out_dir, pending)
     results, iters = [], []
     for method, k, seed in jobs:
         name = f'{method}_k{k}_s{seed}'
-        work_dir = osp.join(out_dir, 'runs', name)
-        saved = osp.join(work_dir, 'result.json')
-        if osp.isfile(saved):  # finished by an earlier invocation with the same --out-dir: resume
-            with open(saved) as f:
-                r = json.load(f)
-            if r.get('settings') == run_settings(args, seed, method) and 'best_accuracy' in r:
-                results.append(r)
-                iters.append(None)
-                print(f"[{name}] top-1 {r['accuracy']:.2f}%  (saved in {saved})", flush=True)
-                continue
+        saved = run_path(out_dir, method, k, seed)
+        r = saved_result(args, out_dir, method, k, seed)
+        if r is not None:  # finished by an earlier invocation (or a --jobs process) with the same --out-dir
+            results.append(r)
+            iters.append(None)
+            print(f"[{name}] top-1 {r['accuracy']:.2f}%  (saved in {saved})", flush=True)
+            continue
         if args.saved_only:
             print(f'[{name}] not saved with these settings: left out (--saved-only)', flush=True)
             continue
-        cfg = run_cfg(base, method, k, args, work_dir, seed)
-        t0 = time.perf_counter()
-        r, one_iter = train_and_measure(cfg, probes=not args.no_probes)
-        r.update(method=method, k=k, epochs=args.epochs, seed=seed, settings=run_settings(args, seed, method),
-                 sec_per_iter=r['train_sec_per_iter'])  # replaced by the interleaved timing below
-        AtomicLocalBackend().put_text(json.dumps(r, indent=2), saved)  # never half-written
+        r, one_iter = train_one(args, base, out_dir, method, k, seed)
         results.append(r)
         iters.append(one_iter)
-        print(f"[{name}] top-1 {r['accuracy']:.2f}% (best {r['best_accuracy']:.2f}, train {r['train_top1']:.1f})  peak {format_bytes(r['peak_bytes'])}  "
-              f"{r['train_sec_per_iter']:.3f} s/iter while training  ({time.perf_counter() - t0:.0f} s)", flush=True)
     times: List[List[float]] = [[] for _ in results]
     for _ in range(max(args.timing_rounds, 1)):  # interleaved: machine load hits every method alike
         for t, fn in zip(times, iters):
@@ -413,7 +478,7 @@ def run(argv=None) -> List[dict]:
                 val_images=results[0]['val_images'] if results else None,
                 batch_size=base.train_dataloader.batch_size, seeds=args.seeds,
                 timing_rounds=max(args.timing_rounds, 1),
-                device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
+                device=str(device), threads=torch.get_num_threads(), jobs=args.jobs, torch=torch.__version__,
                 date=time.strftime('%Y-%m-%d %H:%M'),
                 memory_metric='torch.cuda.max_memory_allocated' if device.type == 'cuda'
                 else 'exact peak of live tensor storages (LiveTensorMemoryTracker)')

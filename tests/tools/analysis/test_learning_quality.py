@@ -88,3 +88,23 @@ def test_unknown_method_is_refused():
     import pytest
     with pytest.raises(SystemExit):
         learning_quality.parse_args(['--methods', 'greedyy'])
+
+
+def test_jobs_train_runs_in_parallel_processes_and_resume(tiny_cls_root, tmp_path, capsys):
+    """``--jobs 2``: the runs are trained in two one-thread processes, saved, and read back in the
+    table's order; a second invocation trains nothing."""
+    argv = ['--methods', 'e2e', 'greedy', '--ks', '2', '--epochs', '1', '--train-per-class', '4',
+            '--data-root', tiny_cls_root, '--batch-size', '8', '--workers', '0', '--out-dir', str(tmp_path),
+            '--seeds', '0', '1', '--jobs', '2', '--no-probes', '--cfg-options', 'model.backbone.model_name=cifar_resnet20']
+    results = learning_quality.run(argv)
+    out = capsys.readouterr().out
+    assert 'training 4 run(s) in 2 processes, one thread each' in out
+    assert [(r['method'], r['k'], r['seed']) for r in results] == [('e2e', 1, 0), ('greedy', 2, 0), ('e2e', 1, 1),
+                                                                   ('greedy', 2, 1)]
+    assert all(r['iters'] == 2 and not r['timed_with_all'] and r['sec_per_iter'] == r['train_sec_per_iter']
+               for r in results)
+    data = json.loads((tmp_path / 'learning_quality.json').read_text())
+    assert data['meta']['jobs'] == 2 and len(data['summary']) == 2
+    again = learning_quality.run(argv)
+    assert 'processes' not in capsys.readouterr().out  # nothing left to train
+    assert [r['accuracy'] for r in again] == [r['accuracy'] for r in results]
