@@ -35,7 +35,8 @@ from PIL import Image
 from .relational import OBJECT_SHAPES, _far_colours, draw_objects, image_rng
 from .synthetic import generate_set
 
-__all__ = ['FORM_CLASSES', 'DEMO_FORMS_DIRNAME', 'DEMO_FORMS_COMMAND', 'make_forms_classification',
+__all__ = ['FORM_CLASSES', 'DEMO_FORMS_DIRNAME', 'DEMO_FORMS_COMMAND', 'DEMO_FORMS24_DIRNAME', 'DEMO_FORMS24_COMMAND',
+           'make_forms_classification',
            'render_form_image', 'form_points', 'image_rng']
 
 #: Bumped whenever the rendering changes, so an old set on disk is regenerated.
@@ -43,6 +44,9 @@ GENERATOR_VERSION = 2
 #: Folder name of the built-in forms set and the command that makes it.
 DEMO_FORMS_DIRNAME = 'lv_forms_cls'
 DEMO_FORMS_COMMAND = 'python tools/misc/make_demo_data.py forms'
+#: The 24x24 version (configs/cls/cifar_resnet32_forms24_greedy_k4.py) and the command that makes it.
+DEMO_FORMS24_DIRNAME = 'lv_forms24_cls'
+DEMO_FORMS24_COMMAND = f'{DEMO_FORMS_COMMAND} --size 24 --out data/{DEMO_FORMS24_DIRNAME}'
 
 _NUM_ELEMENTS = 12
 _SCALE = (0.28, 0.36)        # figure radius, fraction of the image side

@@ -42,7 +42,8 @@ CIFAR_FOLDERS = {'CIFAR10': 'cifar-10-batches-py', 'CIFAR100': 'cifar-100-python
 def _generate_command(kind: str, root: str) -> Optional[str]:
     """The command that generates a demo set of type ``kind`` at ``root``, if it is one (by its type
     or by the demo set's folder name in ``root``)."""
-    from localvision.datasets.forms import DEMO_FORMS_COMMAND, DEMO_FORMS_DIRNAME
+    from localvision.datasets.forms import (DEMO_FORMS24_COMMAND, DEMO_FORMS24_DIRNAME, DEMO_FORMS_COMMAND,
+                                            DEMO_FORMS_DIRNAME)
     from localvision.datasets.relational import DEMO_REL_COMMAND, DEMO_REL_DIRNAME
     from localvision.datasets.synthetic import DEMO_CLS_COMMAND, DEMO_CLS_DIRNAME
     from localvision.datasets.synthetic_det import DEMO_DET_COMMAND, DEMO_DET_DIRNAME
@@ -50,11 +51,14 @@ def _generate_command(kind: str, root: str) -> Optional[str]:
     root = osp.normpath(root)
     for dirname, command, generated_type in ((DEMO_CLS_DIRNAME, DEMO_CLS_COMMAND, None),
                                              (DEMO_FORMS_DIRNAME, DEMO_FORMS_COMMAND, None),
+                                             (DEMO_FORMS24_DIRNAME, DEMO_FORMS24_COMMAND, None),
                                              (DEMO_REL_DIRNAME, DEMO_REL_COMMAND, None),
                                              (DEMO_SEG_DIRNAME, DEMO_SEG_COMMAND, 'SyntheticSegDataset'),
                                              (DEMO_DET_DIRNAME, DEMO_DET_COMMAND, 'ShapesDetDataset')):
         if kind == generated_type or dirname in root.split(osp.sep):
-            return command if root == osp.join('data', dirname) else f'{command} --out {root}'
+            if root == osp.join('data', dirname):
+                return command
+            return f"{command.split(' --out ')[0]} --out {root}"
     return None
 
 

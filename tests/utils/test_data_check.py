@@ -20,6 +20,8 @@ CASES = [
     ('configs/cls/cifar_resnet32_greedy_k2.py', 'CIFAR10', 'cifar-10-python.tar.gz'),
     ('configs/cls/cifar_resnet32_shapes_greedy_k4.py', 'CustomDataset', 'make_demo_data.py cls'),
     ('configs/cls/cifar_resnet32_forms_greedy_k4.py', 'CustomDataset', 'make_demo_data.py forms'),
+    ('configs/cls/cifar_resnet32_forms24_greedy_k4.py', 'CustomDataset',
+     'make_demo_data.py forms --size 24 --out data/lv_forms24_cls'),
     ('configs/cls/imagenet_resnet101_infopro_k2.py', 'ImageNet', "mmpretrain's ImageNet reads it"),
 ]
 
