@@ -280,7 +280,8 @@ class LocalLearningModel(metaclass=ABCMeta):
     def _has_group_norm(self, k: int) -> bool:
         """Whether module k has a GroupNorm (its cut state is then handed on contiguous on CPU)."""
         bb = self.backbone
-        return any(isinstance(m, nn.GroupNorm) for i in bb.module_ranges()[k] for m in bb.seq.blocks[i].modules())
+        return any(isinstance(m, nn.GroupNorm) for i in bb.module_ranges()[k] for owner in bb.seq.infos[i].modules
+                   for m in owner.modules())
 
     def forward_unit(self, k: int, h: Tensor, ctx: LocalContext) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Unit k: module k (on its input plus context), its local loss (k < K-1) and the losses of
