@@ -279,9 +279,12 @@ class LocalLearningModel(metaclass=ABCMeta):
 
     def _has_group_norm(self, k: int) -> bool:
         """Whether module k has a GroupNorm (its cut state is then handed on contiguous on CPU)."""
-        bb = self.backbone
-        return any(isinstance(m, nn.GroupNorm) for i in bb.module_ranges()[k] for owner in bb.seq.infos[i].modules
-                   for m in owner.modules())
+        if getattr(self, '_group_norm_modules', None) is None:  # once: the split is fixed after init_units
+            bb = self.backbone
+            self._group_norm_modules = [
+                any(isinstance(m, nn.GroupNorm) for i in r for owner in bb.seq.infos[i].modules for m in owner.modules())
+                for r in bb.module_ranges()]
+        return self._group_norm_modules[k]
 
     def forward_unit(self, k: int, h: Tensor, ctx: LocalContext) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Unit k: module k (on its input plus context), its local loss (k < K-1) and the losses of
