@@ -77,7 +77,8 @@ def parse_args(argv=None):
     p.add_argument('--amp-dtype', default=None, choices=['bfloat16', 'float16'],
                    help='the autocast type of --amp (default: by device)')
     p.add_argument('--variant', action='append', default=[], metavar='NAME:KEY=VAL[,KEY=VAL]',
-                   help='an extra variant: config overrides of CONFIG, e.g. "dgl:model.local_objective.type=DGL", '
+                   help='an extra variant: config overrides of CONFIG, e.g. "dgl:model.local_objective.type=DGL" '
+                        '(values may be tuples or lists: "thin:model.backbone.widths=(8,16,32)"), '
                         'or another config file, e.g. "infopro:configs/cls/cifar_resnet110_infopro_softmax_k4.py"')
     p.add_argument('--objectives', nargs='+', default=[], metavar='NAME',
                    help='also measure these registered objectives on later blocks (AugLocal, MAN, HPFF) at each K > 1, '
@@ -261,12 +262,32 @@ def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
             continue
         c = copy.deepcopy(cfg)
         opts = {}
-        for kv in overrides.split(','):
+        for kv in split_overrides(overrides):
             key, _, val = kv.partition('=')
             opts[key] = DictAction._parse_iterable(val)
         c.merge_from_dict(opts)
         out[name] = c
     return out
+
+
+def split_overrides(text: str) -> List[str]:
+    """``KEY=VAL`` items of a ``--variant`` separated by the commas outside brackets and quotes, so
+    that a value may be a tuple or list: ``model.backbone.widths=(8,16,32),model.split.k=4``."""
+    items, depth, quote, start = [], 0, '', 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = '' if ch == quote else quote
+        elif ch in '\'"':
+            quote = ch
+        elif ch in '([{':
+            depth += 1
+        elif ch in ')]}':
+            depth -= 1
+        elif ch == ',' and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item for item in items if item]
 
 
 def move_optimizer_state(optimizer: torch.optim.Optimizer, src: str, dst) -> None:
@@ -340,7 +361,7 @@ def run(argv=None) -> List[dict]:
             model.to(device).train()
             ow = build_optim_wrapper(model, vcfg.optim_wrapper)
             model.train_step(copy.deepcopy(batch), ow)  # warm-up: optimizer state exists from now on
-        except InputError as e:
+        except (InputError, TypeError, ValueError) as e:  # a bad option of the variant: one line, not a traceback
             kept = f' (measured so far: {out_dir}/benchmark_partial.json)' if results else ''
             raise SystemExit(f'error: variant {name!r}: {e}{kept}') from None
         desc = model.backbone.describe() if hasattr(model, 'backbone') and hasattr(model.backbone, 'describe') else ''
