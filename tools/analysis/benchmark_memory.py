@@ -272,7 +272,7 @@ def variant_cfgs(cfg: Config, args) -> Dict[str, Config]:
 
 def split_overrides(text: str) -> List[str]:
     """``KEY=VAL`` items of a ``--variant`` separated by the commas outside brackets and quotes, so
-    that a value may be a tuple or list: ``model.backbone.widths=(8,16,32),model.split.k=4``."""
+    that a value may be a tuple or list: ``model.backbone.widths=(8,16,32),model.split.num_modules=4``."""
     items, depth, quote, start = [], 0, '', 0
     for i, ch in enumerate(text):
         if quote:
