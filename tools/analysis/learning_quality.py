@@ -2,15 +2,19 @@
 
     python tools/analysis/learning_quality.py [CONFIG] [--methods e2e greedy dgl infopro_softmax
         infopro_contrast contsup_e contsup_r1 contsup_r1e ...] [--ks 4] [--seeds 0 1 2] [--epochs 15]
-        [--train-per-class 375] [--data-root data/lv_forms_cls] [--batch-size 64] [--out-dir DIR]
+        [--train-per-class 375] [--data-root DIR] [--batch-size 64] [--jobs 2] [--out-dir DIR]
         [--cfg-options k=v ...]
 
 Every method is trained from each seed with the config's recipe (optimizer, data pipeline) for
 ``--epochs`` epochs (a one-epoch linear warm-up, then cosine decay) and validated after every
-epoch. CONFIG defaults to ``configs/cls/cifar_resnet32_forms_greedy_k4.py``, which trains on the
-built-in global-form set (``python tools/misc/make_demo_data.py forms``: its label is a figure that
-small, irrelevant elements draw together, so a module that keeps only local evidence loses it);
-``configs/cls/cifar_resnet32_shapes_greedy_k4.py`` trains on the shapes set (``cls``);
+epoch. CONFIG defaults to ``configs/cls/cifar_resnet32_half_forms24_greedy_k4.py``: a ResNet-32 of
+half the CIFAR widths (8/16/32) on the built-in global-form set at 24x24 pixels (``python
+tools/misc/make_demo_data.py forms --size 24 --out data/lv_forms24_cls``: its label is a figure that
+small, irrelevant elements draw together, so a module that keeps only local evidence loses it),
+sized so that the K=4 table with 3 seeds trains in about an hour on 2 CPU cores (``--jobs 2
+--workers 0``). ``configs/cls/cifar_resnet32_forms24_greedy_k4.py`` is the full-width network on
+that set, ``configs/cls/cifar_resnet32_forms_greedy_k4.py`` the same at 32x32 (``make_demo_data.py
+forms``), ``configs/cls/cifar_resnet32_shapes_greedy_k4.py`` the shapes set (``cls``);
 ``--data-root`` points either at any ImageFolder (``<root>/train/<class>/*``, ``<root>/val/<class>/*``).
 
 For each method and K the table gives, as mean ± std over the seeds:
@@ -60,7 +64,7 @@ from localvision.utils.memory import format_bytes, measure_peak_memory  # noqa: 
 from localvision.utils.probes import linear_probe_top1, linear_recon_error  # noqa: E402
 
 
-DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_forms_greedy_k4.py'
+DEFAULT_CONFIG = 'configs/cls/cifar_resnet32_half_forms24_greedy_k4.py'
 # InfoPro's (lambda1_first, lambda2_first, lambda1_last, lambda2_last) for ResNet-32 on CIFAR-10
 INFOPRO_LAMBDAS = {2: (5, 1, 0, 0), 4: (6, 0, 1, 2), 8: (5, 0, 0, 2), 16: (5, 0.05, 0.2, 0.5)}
 
