@@ -35,7 +35,9 @@ run) and ``learning_quality.png`` in ``--out-dir``; each finished run is also sa
 ``<out-dir>/runs/<method>_k<K>_s<seed>/result.json``, and a later invocation with the same
 ``--out-dir`` and the same settings (config, epochs, seed, data, batch, lr, options) takes it from
 there instead of training it again: an interrupted sweep resumes, and a sweep can be extended by
-more seeds or Ks later. ``--jobs N`` trains N runs at once, each in its own process with one thread
+more seeds or Ks later. At a K whose cuts the config does not give, every method is trained at the
+same cuts, ``--strategy`` applied to the greedy model (``--cuts-per-method``: each method's own
+model, so a method with larger auxiliary nets gets other module sizes). ``--jobs N`` trains N runs at once, each in its own process with one thread
 (on a CPU machine: one run per core, which is faster than one run on all cores); their time column
 is then each run's median during training, not the interleaved timing.
 """
@@ -47,6 +49,7 @@ import json
 import logging
 import os
 import os.path as osp
+import re
 import statistics
 import sys
 import time
@@ -121,6 +124,9 @@ def parse_args(argv=None):
     p.add_argument('--ks', type=int, nargs='+', default=[4], help='numbers of modules of the local methods')
     p.add_argument('--strategy', default='balanced', choices=['equal', 'balanced'],
                    help="split for a K the config's explicit cuts do not give (default: %(default)s)")
+    p.add_argument('--cuts-per-method', action='store_true',
+                   help="at a K the config's cuts do not give, split each method's own model by --strategy "
+                        "(default: every method gets the cuts of the greedy model, so module sizes match)")
     p.add_argument('--epochs', type=int, default=15)
     p.add_argument('--train-per-class', type=int, default=375,
                    help='training images per class, the first N of each class (0: all; default: %(default)s)')
@@ -225,11 +231,10 @@ def run_cfg(base: Config, method: str, k: int, args, work_dir: str, seed: int = 
     cfg = copy.deepcopy(base)
     model = cfg.model
     split = model.setdefault('split', {})
-    explicit = split.get('cuts') is not None and len(split['cuts']) + 1 == k
-    if not explicit:
-        split['cuts'] = None
+    if not config_cuts(base, k):
         split['num_modules'] = k
         split['strategy'] = args.strategy
+        split['cuts'] = None if args.cuts_per_method or method == 'e2e' else shared_cuts(base, k, args)
     parts = method_model_cfg(method, k, args.infopro_lambdas)
     model['local_objective'] = parts['local_objective']
     model['context'] = parts['context']
@@ -246,6 +251,39 @@ def run_cfg(base: Config, method: str, k: int, args, work_dir: str, seed: int = 
     cfg.work_dir = work_dir
     cfg.visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
     return cfg
+
+
+_SHARED_CUTS: Dict[Tuple[int, int], Tuple[Config, List[int]]] = {}  # (id(base), K): (base, cuts)
+
+
+def config_cuts(base: Optional[Config], k: int) -> bool:
+    """Whether the config's own cuts split the backbone into K modules."""
+    cuts = (base.model.get('split') or {}).get('cuts') if base is not None else None
+    return cuts is not None and len(cuts) + 1 == k
+
+
+def shared_cuts(base: Config, k: int, args) -> List[int]:
+    """The cuts every method gets at K when the config does not give them: ``--strategy`` applied
+    to the greedy model (a balanced split of each method's own model would give each method other
+    module sizes, and the table would compare those too)."""
+    key = (id(base), k)
+    if key not in _SHARED_CUTS or _SHARED_CUTS[key][0] is not base:
+        from mmengine.registry import MODELS
+        cfg = copy.deepcopy(base)
+        split = cfg.model.setdefault('split', {})
+        split.update(cuts=None, num_modules=k, strategy=args.strategy)
+        parts = method_model_cfg('greedy', k, args.infopro_lambdas)
+        cfg.model.update(local_objective=parts['local_objective'], context=parts['context'])
+        _SHARED_CUTS[key] = (base, list(MODELS.build(cfg.model).backbone.cuts))
+    return _SHARED_CUTS[key][1]
+
+
+def run_cuts(result: dict) -> Optional[List[int]]:
+    """The cuts a saved run was trained with (``cuts``, or read from its split description)."""
+    if 'cuts' in result:
+        return list(result['cuts'])
+    m = re.search(r'at cuts \[([^\]]*)\]', result.get('split', ''))
+    return [int(c) for c in m.group(1).split(',') if c.strip()] if m else None
 
 
 def prepare_base(args) -> Config:
@@ -349,7 +387,7 @@ def train_and_measure(cfg: Config, probes: bool = True) -> Tuple[dict, Callable[
                   train_sec_per_iter=statistics.median(timer.times), train_seconds=train_s,
                   iters=len(timer.times), final_train_loss=sum(last) / max(len(last), 1),
                   train_images=len(runner.train_dataloader.dataset), val_images=len(runner.val_dataloader.dataset),
-                  split=model.backbone.describe(), params=sum(p.numel() for p in model.parameters()),
+                  split=model.backbone.describe(), cuts=list(model.backbone.cuts), params=sum(p.numel() for p in model.parameters()),
                   probes=module_stats)
     return result, one_iter
 
@@ -359,7 +397,7 @@ def run_settings(args, seed: int, method: str) -> dict:
     lambdas = args.infopro_lambdas if 'infopro' in method else None
     return dict(config=args.config, epochs=args.epochs, seed=seed, train_per_class=args.train_per_class,
                 data_root=args.data_root, batch_size=args.batch_size, lr=args.lr, strategy=args.strategy,
-                infopro_lambdas=lambdas,
+                cuts='per-method' if args.cuts_per_method else 'shared', infopro_lambdas=lambdas,
                 cfg_options={k: str(v) for k, v in (args.cfg_options or {}).items()})
 
 
@@ -367,14 +405,21 @@ def run_path(out_dir: str, method: str, k: int, seed: int) -> str:
     return osp.join(out_dir, 'runs', f'{method}_k{k}_s{seed}', 'result.json')
 
 
-def saved_result(args, out_dir: str, method: str, k: int, seed: int) -> Optional[dict]:
-    """The saved result of a run trained with the same settings, or None."""
+def saved_result(args, out_dir: str, method: str, k: int, seed: int, base: Optional[Config] = None
+                 ) -> Optional[dict]:
+    """The saved result of a run trained with the same settings (and, with shared cuts, at the
+    same cuts), or None."""
     path = run_path(out_dir, method, k, seed)
     if not osp.isfile(path):
         return None
     with open(path) as f:
         r = json.load(f)
-    return r if r.get('settings') == run_settings(args, seed, method) and 'best_accuracy' in r else None
+    settings = dict(r.get('settings') or {})
+    if 'cuts' not in settings:  # saved before the cuts were shared (each method split its own model)
+        same = (k == 1 or args.cuts_per_method or config_cuts(base, k) or  # else judged by the cuts it has
+                (base is not None and run_cuts(r) == shared_cuts(base, k, args)))
+        settings['cuts'] = run_settings(args, seed, method)['cuts'] if same else 'per-method'
+    return r if settings == run_settings(args, seed, method) and 'best_accuracy' in r else None
 
 
 def train_one(args, base: Config, out_dir: str, method: str, k: int, seed: int) -> Tuple[dict, Callable[[], None]]:
@@ -444,13 +489,13 @@ def run(argv=None) -> List[dict]:
           flush=True)
     logging.getLogger('mmengine').setLevel(logging.WARNING)
     if args.jobs > 1 and not args.saved_only:  # train the missing runs in parallel processes, then read them
-        pending = [job for job in jobs if saved_result(args, out_dir, *job) is None]
+        pending = [job for job in jobs if saved_result(args, out_dir, *job, base=base) is None]
         train_in_processes(args, out_dir, pending)
     results, iters = [], []
     for method, k, seed in jobs:
         name = f'{method}_k{k}_s{seed}'
         saved = run_path(out_dir, method, k, seed)
-        r = saved_result(args, out_dir, method, k, seed)
+        r = saved_result(args, out_dir, method, k, seed, base=base)
         if r is not None:  # finished by an earlier invocation (or a --jobs process) with the same --out-dir
             results.append(r)
             iters.append(None)

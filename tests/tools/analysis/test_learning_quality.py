@@ -108,3 +108,22 @@ def test_jobs_train_runs_in_parallel_processes_and_resume(tiny_cls_root, tmp_pat
     again = learning_quality.run(argv)
     assert 'processes' not in capsys.readouterr().out  # nothing left to train
     assert [r['accuracy'] for r in again] == [r['accuracy'] for r in results]
+
+
+def test_every_method_is_trained_at_the_same_cuts(tiny_cls_root):
+    """At a K the config does not split, every method gets the greedy model's balanced cuts (a balanced
+    split of each method's own model would differ with its auxiliary nets); ``--cuts-per-method``
+    splits each method's own model."""
+    from mmengine.registry import MODELS
+    argv = ['--data-root', tiny_cls_root, '--workers', '0', '--train-per-class', '4',
+            '--cfg-options', 'model.backbone.model_name=cifar_resnet32']
+
+    def cuts(method, args):
+        return list(MODELS.build(learning_quality.run_cfg(base, method, 8, args, '').model).backbone.cuts)
+    args = learning_quality.parse_args(argv)
+    base = learning_quality.prepare_base(args)
+    methods = ('greedy', 'dgl', 'infopro_softmax', 'contsup_r1e', 'auglocal', 'man_infopro')
+    shared = {m: cuts(m, args) for m in methods}
+    assert len(shared['greedy']) == 7 and all(c == shared['greedy'] for c in shared.values())
+    own = learning_quality.parse_args(argv + ['--cuts-per-method'])
+    assert cuts('greedy', own) == shared['greedy'] and cuts('auglocal', own) != shared['greedy']
