@@ -260,13 +260,19 @@ class Receiver:
         if len(self.log) < LOG_LIMIT:
             self.log.append((self.taken, time.monotonic()))
         credit = torch.tensor([self.taken], dtype=torch.int64, device=self.comm_device)
-        self._credit_works.append((dist.isend(credit, dst=self.src, group=self.credit_group), credit))
+        try:  # the upstream may have died right after its last send: its own report is the cause
+            self._credit_works.append((dist.isend(credit, dst=self.src, group=self.credit_group), credit))
+            self._credit_works = [(w, c) for w, c in self._credit_works if not w.is_completed()]
+        except Exception as e:  # noqa: BLE001
+            raise TransportError(f'returning a credit to rank {self.src} failed: {e}', self.src) from e
         self.taken += 1
-        self._credit_works = [(w, c) for w, c in self._credit_works if not w.is_completed()]
         return control, move_to(obj, self.device)
 
     def close(self) -> None:
-        for w, _ in self._credit_works:
-            w.wait()
+        try:
+            for w, _ in self._credit_works:
+                w.wait()
+        except Exception as e:  # noqa: BLE001
+            raise TransportError(f'returning a credit to rank {self.src} failed: {e}', self.src) from e
         self._credit_works.clear()
         self._thread.join(timeout=5.0) if self._thread.is_alive() else None
