@@ -27,6 +27,8 @@ def cfg_with(pipeline, batch_size=16, cuts=(2, 5, 8)):
     (dict(schedule='async', micro_batches=4, step_every=3), r'step_every=3 must divide pipeline.micro_batches=4'),
     (dict(schedule='sync', step_every=2), r'step_every=2 only applies to the async schedule'),
     (dict(replicas=0), r'replicas=0 is invalid'),
+    (dict(follow_lag=-1), r'follow_lag=-1 is invalid: an integer >= 0'),
+    (dict(follow_lag=1.0), r'follow_lag=1.0 is invalid'),
     (dict(micro_batch=4), r"unknown keys \['micro_batch'\]"),
 ])
 def test_bad_settings_are_rejected(pipeline, match):
@@ -60,13 +62,17 @@ def test_wrong_number_of_processes_fails_before_start_with_one_line(tiny_cls_roo
     assert 'localvision/engine' not in out  # no traceback of ours (torchrun prints its own summary)
 
 
-def test_objectives_reading_the_next_module_are_refused_with_module_parallel_training():
-    """MAN's EMA follows the next module's live weights every step; with module-parallel training that
-    module trains in another process, so the run is refused before anything starts."""
+def test_objectives_training_the_next_module_are_refused_with_module_parallel_training():
+    """HPFF's cascade loss trains the next module too: its gradients would have to cross back to
+    the next stage's process, so the run is refused before anything starts. MAN only reads the
+    next module's weights (the next stage sends them back: test_pipeline_follow.py), and AugLocal
+    copies later blocks: both are accepted."""
     import localvision.models  # noqa: F401  (registers the objectives, as a config's custom_imports do)
     cfg = cfg_with(dict(micro_batches=2))
-    cfg.model.local_objective = dict(type='MAN', momentum=0.99)
-    with pytest.raises(InputError, match=r"\['MAN'\] reads the live weights of the next module.*without `pipeline`"):
+    cfg.model.local_objective = dict(type='HPFF')
+    with pytest.raises(InputError, match=r"\['HPFF'\] trains the next module too.*without `pipeline`"):
         check_pipeline_cfg(cfg)
+    cfg.model.local_objective = dict(type='MAN', momentum=0.99)
+    assert check_pipeline_cfg(cfg).follow_lag == 0
     cfg.model.local_objective = [dict(type='Greedy'), dict(type='AugLocal'), dict(type='Greedy')]
-    assert check_pipeline_cfg(cfg).micro_batches == 2  # AugLocal copies later blocks: nothing crosses
+    assert check_pipeline_cfg(cfg).micro_batches == 2  # nothing crosses

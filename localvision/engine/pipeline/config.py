@@ -6,7 +6,9 @@
                     micro_batches=4,      # M: each global batch (train_dataloader.batch_size) in M parts
                     queue_size=2,         # Q: stage k may be at most Q micro-batches ahead of stage k+1
                     replicas=1,           # R: data-parallel copies of the whole pipeline (K x R processes)
-                    step_every=1)         # async only: optimizer step every n micro-batches (n divides M)
+                    step_every=1,         # async only: optimizer step every n micro-batches (n divides M)
+                    follow_lag=0)         # objectives reading the next module (MAN): how many iterations
+                                          # old its weights may be (0: as in one process)
 
 Everything that cannot work is rejected here with one :class:`~localvision.errors.InputError` line.
 """
@@ -19,7 +21,7 @@ from localvision.errors import InputError
 
 SCHEDULES = ('sync', 'async')
 KEYS = ('schedule', 'micro_batches', 'queue_size', 'replicas', 'step_every', 'heartbeat_timeout',
-        'release_foreign', 'val_at_end', 'export')
+        'release_foreign', 'val_at_end', 'export', 'follow_lag')
 
 
 def _int(cfg: dict, key: str, default: int, minimum: int = 1) -> int:
@@ -40,6 +42,7 @@ class PipelineConfig:
     release_foreign: bool = True
     val_at_end: bool = True
     export: bool = True
+    follow_lag: int = 0
 
     @property
     def micros_per_step(self) -> int:
@@ -62,6 +65,7 @@ def parse_pipeline_cfg(raw) -> PipelineConfig:
     q = _int(raw, 'queue_size', 2)
     r = _int(raw, 'replicas', 1)
     n = _int(raw, 'step_every', 1)
+    lag = _int(raw, 'follow_lag', 0, minimum=0)
     if schedule == 'sync' and 'step_every' in raw and n != 1:
         raise InputError(f'pipeline.step_every={n} only applies to the async schedule (sync steps once per '
                          'global batch); remove it or set schedule="async"')
@@ -78,7 +82,7 @@ def parse_pipeline_cfg(raw) -> PipelineConfig:
             raise InputError(f'pipeline.{key}={v!r} must be True or False')
         flags[key] = v
     return PipelineConfig(schedule=schedule, micro_batches=m, queue_size=q, replicas=r, step_every=n,
-                          heartbeat_timeout=float(hb), **flags)
+                          follow_lag=lag, heartbeat_timeout=float(hb), **flags)
 
 
 def requested_num_stages(model_cfg: dict) -> Optional[int]:
@@ -91,9 +95,9 @@ def requested_num_stages(model_cfg: dict) -> Optional[int]:
     return k if isinstance(k, int) and not isinstance(k, bool) else None
 
 
-def objectives_reading_next_module(local_objective) -> List[str]:
-    """Types among ``model.local_objective`` (a dict or a list) whose objectives read the next
-    module's live weights (``LocalObjective.reads_next_module``, e.g. MAN), as registered (the
+def objectives_training_next_module(local_objective) -> List[str]:
+    """Types among ``model.local_objective`` (a dict or a list) whose loss reaches the next
+    module's weights (``LocalObjective.trains_next_module``, e.g. HPFF), as registered (the
     config's custom_imports register the objectives)."""
     from localvision.registry import OBJECTIVES
     cfgs = local_objective if isinstance(local_objective, (list, tuple)) else [local_objective]
@@ -101,7 +105,7 @@ def objectives_reading_next_module(local_objective) -> List[str]:
     for c in cfgs:
         t = (c or {}).get('type') if isinstance(c, dict) else None
         cls = OBJECTIVES.get(t) if isinstance(t, str) else None
-        if getattr(cls, 'reads_next_module', False) and t not in names:
+        if getattr(cls, 'trains_next_module', False) and t not in names:
             names.append(t)
     return names
 
@@ -120,10 +124,10 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
     if bs % pc.micro_batches:
         raise InputError(f'pipeline.micro_batches={pc.micro_batches} does not divide train_dataloader.batch_size='
                          f'{bs} (each global batch is cut into M equal micro-batches); allowed: a divisor of {bs}')
-    crossing = objectives_reading_next_module((cfg.get('model') or {}).get('local_objective'))
+    crossing = objectives_training_next_module((cfg.get('model') or {}).get('local_objective'))
     if crossing:
-        raise InputError(f'model.local_objective {crossing} reads the live weights of the next module every step, '
-                         'which module-parallel training keeps in another process; train it without `pipeline` '
+        raise InputError(f'model.local_objective {crossing} trains the next module too (its gradients would have to '
+                         'cross back to the process of that module); train it without `pipeline` '
                          '(one process, or data parallel with tools/dist_train.sh), or pick another objective')
     k = requested_num_stages(cfg.get('model'))
     if world_size is not None and k is not None and world_size != k * pc.replicas:

@@ -116,6 +116,8 @@ class StageLoop:
             if self.interrupted_at is not None:
                 break
             done = it + 1
+            if r.follow_out is not None:  # the previous stage's objectives read these weights (MAN)
+                r.follow_out.after(done)
             if r.intervals.epoch_ends(done):
                 step_schedulers(r.schedulers, by_epoch=True)
             ends.append(time.perf_counter())
@@ -125,7 +127,7 @@ class StageLoop:
         if self.interrupted_at is not None and self.interrupted_at > r.start_iter \
                 and r.checkpointer.saved_at != self.interrupted_at:
             r.checkpointer.save(self.interrupted_at)  # the same boundary on every stage
-        for link in (self.send, self.recv):
+        for link in (self.send, self.recv, r.follow_out, r.follow_in):
             if link is not None:
                 link.close()
         log.close()
@@ -168,6 +170,8 @@ class StageLoop:
                                    f'received {control}')
             ctx = self._context_from(msg)
             h = msg['h']
+        if r.follow_in is not None:  # the next module's weights as of pipeline.follow_lag iterations ago
+            r.follow_in.wait_for(max(it - r.pc.follow_lag, r.start_iter), it)
         t0 = time.perf_counter()
         out, loss, log_vars = forward_unit_loss(r.model, r.stage, h, ctx, ow)
         if self.send is not None:
@@ -233,7 +237,9 @@ class StageLoop:
             recv_wait_s=recv.wait_s if recv else 0.0, credit_wait_s=send.credit_wait_s if send else 0.0,
             sent_log=send.log if send else [], taken_log=recv.log if recv else [],
             queue_size=r.pc.queue_size, freed_bytes=r.freed_bytes, interrupted_at=self.interrupted_at,
-            owned_param_bytes=sum(p.numel() * p.element_size() for p in r.owned_params))
+            owned_param_bytes=sum(p.numel() * p.element_size() for p in r.owned_params),
+            follow_log=r.follow_in.log if r.follow_in else [], follow_wait_s=r.follow_in.wait_s if r.follow_in else 0.0,
+            follow_sent=r.follow_out.sent if r.follow_out else [])
         if self.memory is not None:
             summary['memory'] = self.memory
         if r.validator is not None and r.validator.history:

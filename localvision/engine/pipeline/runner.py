@@ -32,6 +32,7 @@ from localvision.errors import InputError
 from . import checkpoint as ckpt_io
 from .config import PipelineConfig
 from .data import TrainBatches, saved_rng, set_rng_state, split_micro
+from .follow import FollowReceiver, FollowSender, follow_cuts, followed_parameters
 from .intervals import Intervals, build_param_schedulers, hook_cfg
 from .loop import StageLoop
 from .stage import fields_to_send, ownership, release_foreign, restrict_optimizer, trace_units
@@ -150,7 +151,7 @@ class PipelineRunner:
             load_checkpoint(model, cfg.load_from, map_location='cpu')
         self.K = model.num_units
         self.cuts = list(getattr(getattr(model, 'backbone', None), 'cuts', []) or []) or None
-        self.topo: Topology = build_topology(self.K, pc.replicas)
+        self.topo: Topology = build_topology(self.K, pc.replicas, follow_cuts(model))
         self.stage = self.topo.stage
         self.where = self._describe_rank(self.rank)
         self.watchdog = Watchdog(self.rank, self.world, self._describe_rank, pc.heartbeat_timeout,
@@ -166,6 +167,11 @@ class PipelineRunner:
             raise InputError(f'the checkpoint is at iteration {self.start_iter}, beyond train_cfg '
                              f'({self.total_iters} iterations)')
         self._build_optimization()
+        self.follow_in = self.follow_out = None
+        if self.topo.in_follow is not None:  # this unit's objectives read the next module's weights (MAN)
+            readers, params = followed_parameters(model, self.stage)
+            self.follow_in = FollowReceiver(readers, params, self.topo.in_follow, self.topo.next_rank,
+                                            self.comm_device, self.device, check_abort=self.watchdog.check_abort)
         self.freed_bytes = 0
         if pc.release_foreign:
             self.freed_bytes = release_foreign(model, self.param_owner, self.key_owner, self.stage,
@@ -194,6 +200,11 @@ class PipelineRunner:
             rng = saved_rng(resume_state, self.topo.replica)
             if not self.topo.is_first and rng is not None:  # stage 0's was restored with its data position
                 set_rng_state(rng)
+        if self.topo.out_follow is not None:  # the previous unit's objectives read this module's weights
+            self.follow_out = FollowSender(followed_parameters(model, self.stage - 1)[1], self.topo.out_follow,
+                                           self.topo.prev_rank, self.comm_device, first=self.start_iter,
+                                           last=max(self.start_iter, self.total_iters - 1 - pc.follow_lag))
+            self.follow_out.after(self.start_iter)
         self.validator = None
         if self.topo.is_last and self.topo.replica == 0:  # it reaches every boundary last
             self.validator = StageValidator(cfg, self.work_dir, self.log_dir, self.device, self.seed,

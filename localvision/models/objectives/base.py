@@ -54,8 +54,9 @@ class LocalObjective(nn.Module):
 
     ``takes_blocks = True``: the objective builds on the blocks after its cut (it is given
     ``blocks``, a ``LaterBlocks``, and the module output as the block hands it on).
-    ``reads_next_module = True``: it reads the live weights of the next module every step, so
-    that module must train in the same process (refused with module-parallel training).
+    ``reads_next_module = True``: it reads the live weights of the next module every step
+    (:meth:`next_module_parameters`); module-parallel training, where that module trains in
+    another process, sends them to it (:meth:`follow`).
     ``trains_next_module = True``: its loss also reaches the next module's weights (HPFF's
     cascade), so gradients are complete only at the end of the iteration (one optimizer step).
     ``nested_objectives``: arguments holding objective configs it builds on; the local model fills
@@ -80,6 +81,16 @@ class LocalObjective(nn.Module):
         """The papers' initialisation of the auxiliary nets (:func:`he_fan_out_init`); objectives
         whose nets need another (e.g. a focal-loss prior) override it."""
         he_fan_out_init(self)
+
+    def next_module_parameters(self) -> List[nn.Parameter]:
+        """The next module's live parameters this objective reads (``reads_next_module``)."""
+        return []
+
+    def follow(self, source: Optional[List[Tensor]]) -> None:
+        """Read ``source`` (tensors shaped like :meth:`next_module_parameters`, kept current by
+        the caller) instead of the live parameters; ``None``: the live parameters again."""
+        if self.next_module_parameters():
+            raise NotImplementedError(f'{type(self).__name__} reads the next module but cannot follow a copy')
 
     def loss(self, feat: Tensor, ctx: LocalContext) -> Dict[str, Tensor]:
         raise NotImplementedError(f'{type(self).__name__} must implement loss(feat, ctx)')

@@ -8,10 +8,13 @@ copy lets module k see how the next module currently reads its output, without a
 crossing the cut. MAN++ (TPAMI 2026) weighs them ``s * LB(x) + (2 - s) * EMA(x)`` with a learnable
 ``s`` starting at 1 (``learnable_scale=True``).
 
-The EMA reads the next module's weights, so it needs them in the same process: with
-module-parallel training (``pipeline``), where module k+1 trains in another process, MAN is
-refused before training. Data-parallel replicas update their EMA copies alike (the live weights
-are the same on every rank).
+The EMA reads the next module's weights. With module-parallel training (``pipeline``), where
+module k+1 trains in another process, that process sends them back after every iteration and
+the EMA follows the copy (:meth:`follow`): ``pipeline.follow_lag`` L says how many iterations old
+the copy may be (0: the weights the single-process run reads, at the cost of stage k waiting for
+stage k+1 at each iteration's start; see :mod:`localvision.engine.pipeline.follow`).
+Data-parallel replicas update their EMA copies alike (the live weights are the same on every
+rank).
 
 Differences from the papers' code: the EMA copy starts equal to the live block (the code starts it
 from a fresh initialisation, which the EMA forgets within a few hundred iterations at m=0.995);
@@ -73,6 +76,7 @@ class MAN(LocalObjective):
         self.lb = nn.ModuleList(self._lb_twin.infos[self.block].modules)
         self.ema.requires_grad_(False)
         self._live = list(blocks.live_modules(self.block))
+        self._source: Optional[list] = None  # a copy of the live parameters to read instead (module-parallel)
         self.scale = nn.Parameter(torch.ones(())) if learnable_scale else None
         out = blocks.info(self.block)
         self.source = name
@@ -88,10 +92,22 @@ class MAN(LocalObjective):
     def extra_repr(self) -> str:
         return f'source={self.source}, momentum={self.momentum:g}'
 
+    def next_module_parameters(self) -> list:
+        """The live parameters of the next module's first block, which the EMA follows."""
+        return [p for m in self._live for p in m.parameters()]
+
+    def follow(self, source) -> None:
+        if source is not None:
+            live = self.next_module_parameters()
+            if [tuple(t.shape) for t in source] != [tuple(p.shape) for p in live]:
+                raise ValueError('MAN.follow: the source does not match the next module\'s first block')
+        self._source = None if source is None else list(source)
+
     @torch.no_grad()
     def update_ema(self) -> None:
-        """``ema <- m * ema + (1 - m) * live`` for the parameters of the next module's first block."""
-        live = [p for m in self._live for p in m.parameters()]
+        """``ema <- m * ema + (1 - m) * live`` for the parameters of the next module's first block
+        (or of the copy it follows)."""
+        live = self.next_module_parameters() if self._source is None else self._source
         ema = [p for m in self.ema for p in m.parameters()]
         for e, p in zip(ema, live):
             e.lerp_(p.detach().to(e.dtype), 1.0 - self.momentum)

@@ -121,5 +121,5 @@ def test_settings_hpff_cannot_work_with_are_refused():
         build('LocalImageClassifier', 3, local_objective=dict(type='HPFF', base=dict(type='AugLocal')))
     with pytest.raises(InputError, match='patches=0'):
         build('LocalImageClassifier', 3, local_objective=dict(type='HPFF', patches=0))
-    from localvision.engine.pipeline.config import objectives_reading_next_module
-    assert objectives_reading_next_module(dict(type='HPFF')) == ['HPFF']  # module-parallel training refuses it
+    from localvision.engine.pipeline.config import objectives_training_next_module
+    assert objectives_training_next_module(dict(type='HPFF')) == ['HPFF']  # module-parallel training refuses it
