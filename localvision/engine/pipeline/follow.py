@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -29,7 +28,7 @@ import torch.nn as nn
 
 from localvision.errors import InputError
 
-from .transport import TransportError
+from .transport import PendingSends, TransportError, take
 
 Tensor = torch.Tensor
 END = -1
@@ -96,27 +95,14 @@ class FollowSender:
                  first: int, last: int) -> None:
         self.params, self.group, self.dst, self.comm_device = params, group, dst, comm_device
         self.first, self.last = first, last
-        self._pending: List[Tuple[list, list]] = []
+        self._sends = PendingSends(dst, group, what='sending weights')
         self.sent: List[int] = []
 
     def _send(self, index: int, tensors: List[Tensor]) -> None:
         bufs = [torch.tensor([index], dtype=torch.int64, device=self.comm_device)]
         bufs += [t.detach().to(self.comm_device, copy=True).contiguous() for t in tensors]
-        try:
-            works = [dist.isend(b, dst=self.dst, group=self.group) for b in bufs]
-        except Exception as e:  # noqa: BLE001
-            raise TransportError(f'sending weights to rank {self.dst} failed: {e}', self.dst) from e
-        self._pending.append((works, bufs))
-        self._reap(limit=2)
-
-    def _reap(self, limit: int) -> None:
-        while len(self._pending) > limit:
-            works, _ = self._pending.pop(0)
-            for w in works:
-                try:
-                    w.wait()
-                except Exception as e:  # noqa: BLE001
-                    raise TransportError(f'sending weights to rank {self.dst} failed: {e}', self.dst) from e
+        self._sends.start(bufs)
+        self._sends.reap(limit=2)
 
     def after(self, done: int) -> None:
         """Called with ``done`` = iterations finished (``first`` before the first one)."""
@@ -127,7 +113,7 @@ class FollowSender:
     def close(self) -> None:
         """Tell stage k that nothing follows, and wait for every send."""
         self._send(END, [])
-        self._reap(limit=0)
+        self._sends.reap(limit=0)
 
 
 class FollowReceiver:
@@ -176,21 +162,12 @@ class FollowReceiver:
                     tensors.append(t)
                 self._q.put((index, tensors))
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            self._q.put((None, TransportError(f'receiving weights from rank {self.src} failed: '
-                                              f'{type(e).__name__}: {e}', self.src)))
+            self._q.put(TransportError(f'receiving weights from rank {self.src} failed: {type(e).__name__}: {e}',
+                                       self.src))
 
     def _take(self) -> Tuple[int, Any]:
-        t0 = time.perf_counter()
-        while True:
-            try:
-                item = self._q.get(timeout=0.2)
-                break
-            except queue.Empty:
-                if self.check_abort is not None:
-                    self.check_abort()
-        self.wait_s += time.perf_counter() - t0
-        if isinstance(item[1], BaseException):
-            raise item[1]
+        item, waited = take(self._q, self.check_abort)
+        self.wait_s += waited
         return item
 
     @torch.no_grad()

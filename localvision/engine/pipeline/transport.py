@@ -101,6 +101,47 @@ class TransportError(RuntimeError):
         self.peer = peer
 
 
+def take(q: 'queue.Queue', check_abort: Optional[Callable[[], None]]) -> Tuple[Any, float]:
+    """``(item, seconds waited)``: the next item a receiving thread put on ``q`` (calling
+    ``check_abort`` while waiting); an exception put there is raised."""
+    t0 = time.perf_counter()
+    while True:
+        try:
+            item = q.get(timeout=0.2)
+            break
+        except queue.Empty:
+            if check_abort is not None:
+                check_abort()
+    if isinstance(item, BaseException):
+        raise item
+    return item, time.perf_counter() - t0
+
+
+class PendingSends:
+    """``isend`` s to one rank on one group, kept with their buffers until they complete."""
+
+    def __init__(self, dst: int, group, what: str = 'sending') -> None:
+        self.dst, self.group, self.what = dst, group, what
+        self._works: List[Tuple[list, list]] = []
+
+    def start(self, bufs: List[Tensor]) -> None:
+        try:
+            works = [dist.isend(b, dst=self.dst, group=self.group) for b in bufs]
+        except Exception as e:  # noqa: BLE001
+            raise TransportError(f'{self.what} to rank {self.dst} failed: {e}', self.dst) from e
+        self._works.append((works, bufs))
+
+    def reap(self, limit: int) -> None:
+        """Wait for the oldest messages until at most ``limit`` are in flight."""
+        while len(self._works) > limit:
+            works, _ = self._works.pop(0)
+            for w in works:
+                try:
+                    w.wait()
+                except Exception as e:  # noqa: BLE001
+                    raise TransportError(f'{self.what} to rank {self.dst} failed: {e}', self.dst) from e
+
+
 def _encode_header(payload: bytes, device) -> Tuple[Tensor, Optional[Tensor]]:
     n = len(payload)
     head = torch.zeros(HEADER_BYTES, dtype=torch.uint8)
@@ -131,7 +172,7 @@ class Sender:
         self.sent = 0
         self.credits = 0
         self.credit_wait_s = 0.0
-        self._pending: List[Tuple[list, list]] = []
+        self._sends = PendingSends(dst, link)
         self._credit_buf = torch.zeros(1, dtype=torch.int64, device=comm_device)
         self.log: List[Tuple[int, float, int]] = []  # (message index, time sent, credits held)
 
@@ -161,29 +202,16 @@ class Sender:
         meta = dict(skeleton=skeleton, tensors=[(tuple(t.shape), t.dtype) for t in wire], control=control)
         head, rest = _encode_header(pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL), self.comm_device)
         bufs = [head] + ([rest] if rest is not None else []) + wire
-        try:
-            works = [dist.isend(b, dst=self.dst, group=self.link) for b in bufs]
-        except Exception as e:  # noqa: BLE001
-            raise TransportError(f'sending to rank {self.dst} failed: {e}', self.dst) from e
-        self._pending.append((works, bufs))
+        self._sends.start(bufs)
         if len(self.log) < LOG_LIMIT:
             self.log.append((self.sent, time.monotonic(), self.credits))
         self.sent += 1
-        self._reap(limit=self.queue_size)
-
-    def _reap(self, limit: int) -> None:
-        while len(self._pending) > limit:
-            works, _ = self._pending.pop(0)
-            for w in works:
-                try:
-                    w.wait()
-                except Exception as e:  # noqa: BLE001
-                    raise TransportError(f'sending to rank {self.dst} failed: {e}', self.dst) from e
+        self._sends.reap(limit=self.queue_size)
 
     def close(self) -> None:
         """Wait for every send and collect every outstanding credit (the receiver's credit sends
         then complete too)."""
-        self._reap(limit=0)
+        self._sends.reap(limit=0)
         while self.credits < self.sent:
             self._take_credit()
 
@@ -245,18 +273,8 @@ class Receiver:
             self._q.put(TransportError(f'receiving from rank {self.src} failed: {type(e).__name__}: {e}', self.src))
 
     def get(self) -> Tuple[Dict[str, Any], Any]:
-        t0 = time.perf_counter()
-        while True:
-            try:
-                item = self._q.get(timeout=0.2)
-                break
-            except queue.Empty:
-                if self.check_abort is not None:
-                    self.check_abort()
-        self.wait_s += time.perf_counter() - t0
-        if isinstance(item, BaseException):
-            raise item
-        control, obj = item
+        (control, obj), waited = take(self._q, self.check_abort)
+        self.wait_s += waited
         if len(self.log) < LOG_LIMIT:
             self.log.append((self.taken, time.monotonic()))
         credit = torch.tensor([self.taken], dtype=torch.int64, device=self.comm_device)
