@@ -97,6 +97,8 @@ def method_model_cfg(method: str, k: int, lambdas: Optional[List[float]] = None)
                     context=None)
     if method == 'auglocal':  # the papers' CIFAR setting: d=2 sampled later blocks, pyramidal depth, CE head
         return dict(local_objective=dict(type='AugLocal', depth=2, pyramid=0.5), context=None)
+    if method == 'man_greedy':  # MAN on the greedy head (its paper's other base)
+        return dict(local_objective=dict(type='MAN', momentum=0.995, base=greedy), context=None)
     if method in ('man_infopro', 'hpff_infopro'):  # on InfoPro (softmax), as in their papers
         infopro = dict(type='InfoPro', loss_mode='softmax', **infopro_lambdas(k, lambdas))
         if method == 'man_infopro':
@@ -112,7 +114,7 @@ def method_model_cfg(method: str, k: int, lambdas: Optional[List[float]] = None)
 
 
 METHODS = ('e2e', 'greedy', 'dgl', 'infopro_softmax', 'infopro_contrast', 'contsup_e', 'contsup_r1', 'contsup_rn',
-           'contsup_r1e', 'auglocal', 'man_infopro', 'hpff_infopro')
+           'contsup_r1e', 'auglocal', 'man_greedy', 'man_infopro', 'hpff_infopro')
 
 
 def parse_args(argv=None):

@@ -13,8 +13,8 @@ import learning_quality  # noqa: E402
 
 
 def test_learning_quality_trains_every_method_and_writes_results(tiny_cls_root, tmp_path, capsys):
-    results = learning_quality.run(['--methods', 'e2e', 'infopro_contrast', 'contsup_r1e', 'auglocal', 'man_infopro',
-                                    'hpff_infopro', '--ks', '2',
+    results = learning_quality.run(['--methods', 'e2e', 'infopro_contrast', 'contsup_r1e', 'auglocal', 'man_greedy',
+                                    'man_infopro', 'hpff_infopro', '--ks', '2',
                                     '--epochs', '1', '--train-per-class', '4', '--data-root', tiny_cls_root,
                                     '--batch-size', '8', '--workers', '0', '--out-dir', str(tmp_path), '--seeds', '0',
                                     '--cfg-options', 'model.backbone.model_name=cifar_resnet20'])
@@ -23,7 +23,7 @@ def test_learning_quality_trains_every_method_and_writes_results(tiny_cls_root, 
     data = json.loads((tmp_path / 'learning_quality.json').read_text())
     assert (tmp_path / 'learning_quality.png').stat().st_size > 10_000
     assert [(r['method'], r['k']) for r in data['results']] == [('e2e', 1), ('infopro_contrast', 2),
-                                                                ('contsup_r1e', 2), ('auglocal', 2),
+                                                                ('contsup_r1e', 2), ('auglocal', 2), ('man_greedy', 2),
                                                                 ('man_infopro', 2), ('hpff_infopro', 2)]
     assert data['meta']['train_images'] == 16  # 4 per class, 4 classes
     for r in results:
