@@ -121,8 +121,9 @@ class FollowReceiver:
     tensors the objectives follow.
 
     Args:
-        readers: the objectives of unit k that read module k+1 (they are made to follow here).
-        shapes: ``(shape, dtype)`` of each followed parameter (taken before they were released).
+        readers, params: :func:`followed_parameters` of unit k, before module k+1's weights are
+            released here (their shapes and dtypes are read); the readers are made to follow.
+        group: the cut's follow process group; src: global rank of stage k+1.
         device: where the objectives run.
         check_abort: called while waiting; raises to abandon the wait (watchdog).
     """
