@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from localvision.errors import InputError
 
+from .stage import parameter_owners
 from .transport import PendingSends, TransportError, take
 
 Tensor = torch.Tensor
@@ -60,10 +61,7 @@ def follow_cuts(model: nn.Module) -> List[int]:
     objective reads weights that are not module s+1's own, or trains the next module."""
     cuts = []
     k_last = model.num_units - 1
-    param_owner: Dict[int, int] = {}
-    for k in range(model.num_units):
-        for p in model.unit_parameters(k):
-            param_owner.setdefault(id(p), k)
+    param_owner = parameter_owners(model)
     objectives = getattr(model, 'objectives', None) or []
     for s in range(len(objectives)):
         trainers = sorted({type(m).__name__ for m in objectives[s].modules()

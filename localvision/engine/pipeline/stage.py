@@ -89,6 +89,15 @@ def fields_to_send(reads: List[Set[str]], stage: int) -> List[str]:
     return [f for f in CTX_FIELDS if f in need]
 
 
+def parameter_owners(model) -> Dict[int, int]:
+    """The unit owning each parameter (by id): the first whose ``unit_parameters`` lists it."""
+    owner: Dict[int, int] = {}
+    for k in range(model.num_units):
+        for p in model.unit_parameters(k):
+            owner.setdefault(id(p), k)
+    return owner
+
+
 def ownership(model, callers: Dict[str, int]) -> Tuple[Dict[int, int], Dict[str, int], Set[str]]:
     """``(param_owner, key_owner, defaulted)``: the unit owning each parameter (by id) and each
     state-dict key, and the keys no unit claims (given to the last unit, kept by every stage).
@@ -98,10 +107,7 @@ def ownership(model, callers: Dict[str, int]) -> Tuple[Dict[int, int], Dict[str,
     its module (else to the owner of that module's parameters, else to the last unit).
     """
     k_last = model.num_units - 1
-    param_owner: Dict[int, int] = {}
-    for k in range(model.num_units):
-        for p in model.unit_parameters(k):
-            param_owner.setdefault(id(p), k)
+    param_owner = parameter_owners(model)
     key_owner: Dict[str, int] = {}
     defaulted: Set[str] = set()
     for mod_name, mod in model.named_modules():
