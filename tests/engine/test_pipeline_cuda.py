@@ -2,7 +2,8 @@
 
 nccl with one GPU per stage (needs 2 GPUs), and gloo with both stages on one GPU (tensors staged
 through the CPU): the exported parameters match the single-process CPU run on the same
-micro-batches (to GPU float tolerance: cuDNN and TF32 convolutions).
+micro-batches (to GPU float tolerance: cuDNN and TF32 convolutions). The CPU case (gloo, no GPU)
+is what the GPU check's CPU dry run runs instead: the same config, data set and processes.
 """
 import json
 import os.path as osp
@@ -15,11 +16,13 @@ from pipeline_helpers import load_state, reference_run, spawn, write_config
 pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest -m "not slow"`
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize('backend,gpus', [('nccl', 2), ('gloo', 1)])
+@pytest.mark.parametrize('backend,gpus', [
+    pytest.param('nccl', 2, marks=pytest.mark.gpu), pytest.param('gloo', 1, marks=pytest.mark.gpu), ('gloo', 0)])
 def test_sync_pipeline_on_cuda_matches_single_process(tiny_cls_root, tmp_path, backend, gpus):
     if torch.cuda.device_count() < gpus:
         pytest.skip(f'needs {gpus} CUDA devices')
+    if not gpus and torch.cuda.is_available():
+        pytest.skip('the CPU case: the stages would take the GPU here')
     cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root, cuts=(5,),
                        extra=f"env_cfg = dict(dist_cfg=dict(backend='{backend}'))")
     work = str(tmp_path / 'work')

@@ -9,7 +9,8 @@ The wheels the check needs travel with the repository in ``work_dirs/gpu_wheels`
 ``--fetch-wheels`` makes it: pure wheels once per Python version 3.10-3.12, the few binary ones
 (matplotlib) per version): mmengine 0.10.7, mmpretrain 1.2.0 and its dependencies (einops, mat4py,
 modelindex, model-index, ordered-set, markdown, click, importlib-metadata, zipp, lazy-importer),
-matplotlib for the plots, pytest; and mmcv 2.1.0, which has no pure wheel on PyPI: ``--fetch-wheels``
+matplotlib for the plots, pytest, setuptools < 81 (``pkg_resources``, for mmengine's ``mmpretrain::``
+config bases; extracted only where it does not import); and mmcv 2.1.0, which has no pure wheel on PyPI: ``--fetch-wheels``
 builds one from its sdist (sha256 checked) with ``MMCV_WITH_OPS=0`` (``mmcv_lite-2.1.0-py2.py3-none-any``,
 checked to hold no compiled extension; nothing on the classification path uses ``mmcv.ops``).
 opencv is not carried (60 MB): mmengine and mmcv import ``cv2`` at module level (``from cv2 import
@@ -41,7 +42,7 @@ part that fails, times out or is skipped never stops the others), within one tim
    seg and det demo models where mmseg and mmdet import);
 6. ``pytest_gpu``: the ``gpu``-marked tests (``pytest -m gpu``), but the module-parallel one;
 7. ``pipeline_cuda``: ``tests/engine/test_pipeline_cuda.py`` (module-parallel training on CUDA;
-   skipped where cv2 is the stub: it reads images from a folder).
+   the CPU dry run runs its CPU case; skipped where cv2 is the stub: it reads images from a folder).
 
 The benchmarks' models are mmpretrain configs written by :func:`cls_config` (``CLS_MODELS``) into
 ``work_dirs/gpu_check_env/configs``. Writes ``$OUT/gpu_check.json`` (rewritten after every part, so
@@ -84,6 +85,10 @@ PURE_WHEELS = (
     'importlib-metadata', 'zipp',  # mmpretrain (localvision.cls)
     'fonttools', 'cycler', 'pyparsing', 'python-dateutil', 'six', 'packaging',  # matplotlib
     'pytest', 'pluggy', 'iniconfig', 'exceptiongroup', 'typing_extensions',  # pytest
+    # mmengine 0.10.7 reads `mmpretrain::` config bases through pkg_resources, which setuptools 81
+    # and later no longer ship (a bare Python 3.12 venv may have none at all): extracted only where
+    # `pkg_resources` does not import
+    'setuptools<81',
 )
 BINARY_WHEELS = ('matplotlib', 'contourpy', 'kiwisolver')
 # pure wheels only some Python versions need (importlib-metadata >= 10, for Python >= 3.11 only, needs it)
@@ -625,13 +630,13 @@ class Check:
         self.needs_device()
         return self.run_parts_script('cls_stack', timeout, '--site', osp.join(self.env_dir, 'site'))
 
-    def pytest_part(self, files: List[str], junit_name: str, timeout: float) -> dict:
-        """Run pytest on ``files`` with ``-m gpu``; figures per test from its JUnit XML."""
+    def pytest_part(self, files: List[str], junit_name: str, timeout: float, marks: str = 'gpu') -> dict:
+        """Run pytest on ``files`` with ``-m marks``; figures per test from its JUnit XML."""
         self.needs_device()
         if not self.importable('pytest'):
             raise PartSkipped('pytest is not importable (its wheel was not installed)')
         junit = osp.join(self.out, junit_name)
-        argv = [self.python, '-m', 'pytest', '-m', 'gpu', '-p', 'no:cacheprovider', '-q', '-rA',
+        argv = [self.python, '-m', 'pytest', '-m', marks, '-p', 'no:cacheprovider', '-q', '-rA',
                 '--continue-on-collection-errors', f'--junitxml={junit}', *files]
         try:
             self.run_process(argv, timeout)
@@ -670,7 +675,9 @@ class Check:
         if self.cv2_stub:
             raise PartSkipped('opencv absent (cv2 is a stub here): the test reads images from a folder '
                               '(LoadImageFromFile decodes with cv2)')
-        result = self.pytest_part(['tests/engine/test_pipeline_cuda.py'], 'pytest_pipeline_cuda.xml', timeout)
+        # the CPU dry run runs the test's CPU case: the same config, data and processes, stages on the CPU
+        result = self.pytest_part(['tests/engine/test_pipeline_cuda.py'], 'pytest_pipeline_cuda.xml', timeout,
+                                  marks='gpu' if self.cuda else 'not gpu')
         if self.cuda and self.device.get('device_count', 0) < 2:
             result['notes'].append('one GPU: the nccl case (one GPU per stage) needs 2 and is skipped; the gloo '
                                    'case runs both stages on the one GPU')
