@@ -62,6 +62,38 @@ def test_checkpoint_layout_and_export(uninterrupted, tmp_path):
     assert val[0]['accuracy/top1'] == pytest.approx(at4['accuracy/top1'])
 
 
+def test_validation_builds_the_model_as_the_runner_does(uninterrupted, tmp_path):
+    """The model validation during training evaluates (the merged stage files of iteration 8)
+    scores every image exactly as the model mmengine's Runner builds from the config (what
+    tools/test.py evaluates) with the export: the data preprocessor that mmpretrain configs keep
+    at the top level (the shapes mean / std, BGR to RGB) included, not a default one."""
+    import copy
+
+    from mmengine.runner import Runner, load_checkpoint
+
+    from localvision.engine.pipeline.validation import StageValidator
+    from localvision.utils.config import load_config
+    cfg_path, work = uninterrupted
+    cfg = load_config(cfg_path, work_dir=str(tmp_path / 'runner'))
+    c = copy.deepcopy(cfg)
+    c.pop('pipeline', None)
+    c.train_dataloader = c.train_cfg = c.optim_wrapper = c.param_scheduler = None
+    runner = Runner.from_cfg(c)
+    load_checkpoint(runner.model, osp.join(work, 'epoch_2.pth'), map_location='cpu')
+    runner.model.eval()
+    assert runner.model.data_preprocessor.mean.flatten().tolist() == [127.5] * 3
+    validator = StageValidator(cfg, work, str(tmp_path), torch.device('cpu'), seed=0, total_iters=8,
+                               check_abort=lambda: None)
+    ours = validator.build_model(osp.join(work, 'pipeline_ckpt', 'iter_8', 'manifest.json'))
+    batch = next(iter(Runner.build_dataloader(copy.deepcopy(cfg.val_dataloader))))
+    with torch.no_grad():
+        expected = [s.pred_score for s in runner.model.val_step(copy.deepcopy(batch))]
+        got = [s.pred_score for s in ours.val_step(copy.deepcopy(batch))]
+    assert len(got) == len(expected) == 16
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('resume_at', [2, 4], ids=['mid-epoch', 'epoch-boundary'])
 def test_resume_equals_uninterrupted(uninterrupted, tmp_path, resume_at):
     cfg, work = uninterrupted

@@ -65,13 +65,20 @@ class StageValidator:
             time.sleep(0.05)
         return manifest
 
-    def _evaluate(self, manifest: str) -> Dict[str, float]:
+    def build_model(self, manifest: str) -> torch.nn.Module:
+        """The model as training builds it (the top-level ``data_preprocessor`` merged in, as
+        mmengine's Runner does) with the merged weights of ``manifest``, on the device, in eval mode."""
         from mmengine.registry import MODELS
+
+        from localvision.utils.config import model_config
+        model = MODELS.build(model_config(self.cfg))
+        model.load_state_dict(ckpt_io.merged_state_dict(manifest))
+        return model.to(self.device).eval()
+
+    def _evaluate(self, manifest: str) -> Dict[str, float]:
         if self._loader is None:
             self._build()
-        model = MODELS.build(copy.deepcopy(self.cfg.model))
-        model.load_state_dict(ckpt_io.merged_state_dict(manifest))
-        model.to(self.device).eval()
+        model = self.build_model(manifest)
         with torch.no_grad():
             for batch in self._loader:
                 self._evaluator.process(data_samples=model.val_step(batch), data_batch=batch)
