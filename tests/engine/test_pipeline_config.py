@@ -76,3 +76,21 @@ def test_objectives_training_the_next_module_are_refused_with_module_parallel_tr
     assert check_pipeline_cfg(cfg).follow_lag == 0
     cfg.model.local_objective = [dict(type='Greedy'), dict(type='AugLocal'), dict(type='Greedy')]
     assert check_pipeline_cfg(cfg).micro_batches == 2  # nothing crosses
+
+
+def test_custom_hooks_other_than_peak_memory_are_refused():
+    """Hooks act through one Runner holding the whole model: under pipeline training only
+    PeakMemoryHook is honoured (each stage measures its own peak); any other is refused."""
+    from localvision.engine.pipeline.config import peak_memory_iter
+    cfg = cfg_with(dict(micro_batches=4))
+    assert peak_memory_iter(cfg) is None
+    cfg.custom_hooks = [dict(type='localvision.PeakMemoryHook', at_iter=3)]
+    assert peak_memory_iter(cfg) == 3 and check_pipeline_cfg(cfg).micro_batches == 4
+    cfg.custom_hooks = [dict(type='PeakMemoryHook')]
+    assert peak_memory_iter(cfg) == 5  # the hook's default
+    cfg.custom_hooks = [dict(type='PeakMemoryHook', at_iter=0)]
+    with pytest.raises(InputError, match=r'PeakMemoryHook: PeakMemoryHook.at_iter=0 must be >= 1'):
+        check_pipeline_cfg(cfg)
+    cfg.custom_hooks = [dict(type='EMAHook', momentum=1e-4), dict(type='localvision.PeakMemoryHook')]
+    with pytest.raises(InputError, match=r"custom_hooks \['EMAHook'\] do not run under pipeline training"):
+        check_pipeline_cfg(cfg)

@@ -31,16 +31,21 @@ def _compare(exported, ref_model, atol=1e-5):
                 "lambda_task=(1, 1)), context=dict(type='ContSup', variant='R1E')"),
 ])
 def test_sync_pipeline_equals_single_process_micro_batched(tiny_cls_root, tmp_path, k, cuts, model_extra):
-    cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root, cuts=cuts, model_extra=model_extra)
+    # PeakMemoryHook: every stage measures its own peak at that iteration (and trains the same)
+    cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root, cuts=cuts, model_extra=model_extra,
+                       extra="custom_hooks = [dict(type='localvision.PeakMemoryHook', at_iter=2)]")
     work = str(tmp_path / 'work')
     spawn(cfg, work, k)
     exported = osp.join(work, 'epoch_1.pth')  # 64 images / batch 16 = 4 iterations
     ref = reference_run(cfg, micro_batches=4, iters=4)
     _compare(exported, ref)
-    # what a stage forwarded: only the fields later units read
     import json
-    summary = json.load(open(osp.join(work, 'pipeline_logs', 'summary_rank0.json')))
-    assert summary['iters'] == 4 and summary['micro_batches'] == 4
+    for rank in range(k):
+        summary = json.load(open(osp.join(work, 'pipeline_logs', f'summary_rank{rank}.json')))
+        assert summary['iters'] == 4 and summary['micro_batches'] == 4
+        assert summary['memory']['iteration'] == 2 and summary['memory']['device'] == 'cpu'
+        # more than the stage's own weights (activations, gradients, momentum come on top)
+        assert summary['memory']['peak_bytes'] > summary['owned_param_bytes'] > 0
 
 
 def test_sync_pipeline_on_a_graph_read_backbone(tiny_cls_root, tmp_path):

@@ -110,11 +110,36 @@ def objectives_training_next_module(local_objective) -> List[str]:
     return names
 
 
+def peak_memory_iter(cfg) -> Optional[int]:
+    """The iteration whose peak memory every stage measures: ``at_iter`` of a ``PeakMemoryHook`` in
+    ``custom_hooks`` (``None``: there is none). Any other custom hook is refused: hooks act through
+    one Runner that holds the whole model, and a pipeline stage holds one module."""
+    from localvision.engine.hooks import PeakMemoryHook
+    at, others = None, []
+    for h in cfg.get('custom_hooks') or []:
+        t = h.get('type') if isinstance(h, dict) else h
+        name = t if isinstance(t, str) else getattr(t, '__name__', repr(t))
+        if name.split('.')[-1] != 'PeakMemoryHook':
+            others.append(name)
+            continue
+        kwargs = {k: v for k, v in h.items() if k not in ('type', 'priority')}
+        try:
+            at = PeakMemoryHook(**kwargs).at_iter
+        except (TypeError, ValueError) as e:
+            raise InputError(f'custom_hooks: {name}: {e}') from None
+    if others:
+        raise InputError(f'custom_hooks {others} do not run under pipeline training (hooks act on one Runner '
+                         'holding the whole model; each pipeline process holds one module); remove them '
+                         '(--cfg-options custom_hooks=[]) or train without `pipeline`. Only PeakMemoryHook is '
+                         'honoured: every stage measures its own peak')
+    return at
+
+
 def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
     """Validate ``cfg.pipeline`` against the data loader and the number of processes.
 
-    Raises :class:`InputError` for schedules, queue sizes, micro-batch counts or process counts
-    that cannot work, before anything starts.
+    Raises :class:`InputError` for schedules, queue sizes, micro-batch counts, process counts or
+    custom hooks that cannot work, before anything starts.
     """
     pc = parse_pipeline_cfg(cfg.get('pipeline'))
     loader = cfg.get('train_dataloader') or {}
@@ -129,6 +154,7 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
         raise InputError(f'model.local_objective {crossing} trains the next module too (its gradients would have to '
                          'cross back to the process of that module); train it without `pipeline` '
                          '(one process, or data parallel with tools/dist_train.sh), or pick another objective')
+    peak_memory_iter(cfg)
     k = requested_num_stages(cfg.get('model'))
     if world_size is not None and k is not None and world_size != k * pc.replicas:
         raise InputError(f'pipeline training of K={k} modules x pipeline.replicas={pc.replicas} needs '

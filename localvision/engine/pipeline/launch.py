@@ -20,7 +20,7 @@ import torch.distributed as dist
 from localvision.errors import InputError
 
 from . import checkpoint as ckpt_io
-from .config import check_pipeline_cfg, requested_num_stages
+from .config import check_pipeline_cfg, peak_memory_iter, requested_num_stages
 from .runner import PipelineRunner
 
 
@@ -51,7 +51,7 @@ def train_pipeline(cfg) -> Dict[str, Any]:
             raise InputError(f'pipeline training runs one process per module and replica: launch it with '
                              f'tools/dist_train.sh CONFIG {n} (torchrun), not as a single process')
         init_pipeline_dist(cfg)
-    runner = PipelineRunner(cfg, pc)
+    runner = PipelineRunner(cfg, pc, profile_memory_iter=peak_memory_iter(cfg))
     summary = runner.train()
     rank = dist.get_rank()
     if runner.interrupted_at is not None:

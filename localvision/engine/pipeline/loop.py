@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from localvision.engine.executors import backward_unit, finish_step, forward_unit_loss
 from localvision.structures.local_context import LocalContext
-from localvision.utils.memory import PeakMemory
+from localvision.utils.memory import PeakMemory, format_bytes
 
 from .data import split_micro
 from .intervals import Intervals, step_schedulers
@@ -112,7 +112,9 @@ class StageLoop:
             with PeakMemory(r.device, (r.model, r.optim_wrapper.optimizer)) if profile else nullcontext() as mem:
                 stats = self._iteration(it, micro)
             if mem is not None:
-                self.memory = dict(peak_bytes=mem.peak_bytes, device=str(r.device))
+                self.memory = dict(peak_bytes=mem.peak_bytes, device=str(r.device), iteration=it)
+                print(f'Pipeline(memory) stage {r.stage} replica {topo.replica}: peak training memory '
+                      f'(iteration {it}, {r.device}): {format_bytes(mem.peak_bytes)}', flush=True)
             if self.interrupted_at is not None:
                 break
             done = it + 1
