@@ -94,3 +94,12 @@ def test_custom_hooks_other_than_peak_memory_are_refused():
     cfg.custom_hooks = [dict(type='EMAHook', momentum=1e-4), dict(type='localvision.PeakMemoryHook')]
     with pytest.raises(InputError, match=r"custom_hooks \['EMAHook'\] do not run under pipeline training"):
         check_pipeline_cfg(cfg)
+
+
+def test_auto_scale_lr_needs_its_base_batch_size():
+    cfg = cfg_with(dict(micro_batches=4))
+    cfg.auto_scale_lr = dict(enable=True)
+    with pytest.raises(InputError, match=r'auto_scale_lr.enable=True needs auto_scale_lr.base_batch_size'):
+        check_pipeline_cfg(cfg)
+    cfg.auto_scale_lr = dict(enable=False)
+    assert check_pipeline_cfg(cfg).micro_batches == 4

@@ -69,3 +69,16 @@ def test_sync_pipeline_channels_last(tiny_cls_root, tmp_path):
     options = {'model.backbone.channels_last': True}
     spawn(cfg, work, 3, options=options)
     _compare(osp.join(work, 'epoch_1.pth'), reference_run(cfg, micro_batches=4, iters=4, options=options))
+
+
+def test_auto_scale_lr_scales_like_the_runner(tiny_cls_root, tmp_path):
+    """``auto_scale_lr`` (base batch size 8, global batch 16): the run equals the single-process
+    reference with the learning rate doubled, as mmengine's Runner scales it."""
+    cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root, cuts=(5,),
+                       extra='auto_scale_lr = dict(enable=True, base_batch_size=8)')
+    work = str(tmp_path / 'work')
+    spawn(cfg, work, 2)
+    _compare(osp.join(work, 'epoch_1.pth'),
+             reference_run(cfg, micro_batches=4, iters=4, options={'optim_wrapper.optimizer.lr': 0.1}))
+    with pytest.raises(AssertionError):  # and not the config's learning rate
+        _compare(osp.join(work, 'epoch_1.pth'), reference_run(cfg, micro_batches=4, iters=4))

@@ -155,6 +155,10 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
                          'cross back to the process of that module); train it without `pipeline` '
                          '(one process, or data parallel with tools/dist_train.sh), or pick another objective')
     peak_memory_iter(cfg)
+    auto = cfg.get('auto_scale_lr') or {}
+    if auto.get('enable', False) and not isinstance(auto.get('base_batch_size'), (int, float)):
+        raise InputError(f"auto_scale_lr.enable=True needs auto_scale_lr.base_batch_size (a number), got "
+                         f"{auto.get('base_batch_size')!r}")
     k = requested_num_stages(cfg.get('model'))
     if world_size is not None and k is not None and world_size != k * pc.replicas:
         raise InputError(f'pipeline training of K={k} modules x pipeline.replicas={pc.replicas} needs '

@@ -242,6 +242,22 @@ class PipelineRunner:
         ow_cfg['accumulative_counts'] = int(ow_cfg.get('accumulative_counts', 1)) * self.pc.micros_per_step
         self.optim_wrapper = build_optim_wrapper(self.model, ow_cfg)
         restrict_optimizer(self.optim_wrapper, {id(p) for p in self.owned_params})
+        self._scale_lr()
+
+    def _scale_lr(self) -> None:
+        """``auto_scale_lr`` as mmengine's Runner applies it (before the schedulers are built): the
+        learning rates times (replicas x train_dataloader.batch_size) / base_batch_size."""
+        auto = self.cfg.get('auto_scale_lr') or {}
+        if not auto.get('enable', False):
+            return
+        real_bs = self.pc.replicas * self.cfg.train_dataloader.batch_size
+        ratio = float(real_bs) / float(auto['base_batch_size'])
+        for group in self.optim_wrapper.optimizer.param_groups:
+            group['lr'] = group['lr'] * ratio
+        if self.rank == 0:
+            print(f"pipeline: LR scaled by {ratio:g} (auto_scale_lr: base batch size {auto['base_batch_size']}, "
+                  f'this run {real_bs} = {self.pc.replicas} replica(s) x {self.cfg.train_dataloader.batch_size})',
+                  flush=True)
 
     def _broadcast_owned(self) -> None:
         """Replica 0's weights and buffers of this stage to the other replicas."""
