@@ -103,3 +103,11 @@ def test_auto_scale_lr_needs_its_base_batch_size():
         check_pipeline_cfg(cfg)
     cfg.auto_scale_lr = dict(enable=False)
     assert check_pipeline_cfg(cfg).micro_batches == 4
+
+
+def test_save_best_is_refused_with_what_to_do_instead():
+    cfg = cfg_with(dict(micro_batches=4))
+    cfg.default_hooks = dict(checkpoint=dict(interval=1, save_best='auto'))
+    with pytest.raises(InputError, match=r"save_best='auto' is not supported with pipeline training; remove it: "
+                                         r'every validation is in pipeline_logs/val.jsonl'):
+        check_pipeline_cfg(cfg)

@@ -155,6 +155,12 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
                          'cross back to the process of that module); train it without `pipeline` '
                          '(one process, or data parallel with tools/dist_train.sh), or pick another objective')
     peak_memory_iter(cfg)
+    best = ((cfg.get('default_hooks') or {}).get('checkpoint') or {}).get('save_best')
+    if best:
+        raise InputError(f'default_hooks.checkpoint.save_best={best!r} is not supported with pipeline training; '
+                         'remove it: every validation is in pipeline_logs/val.jsonl, and the checkpoint of any '
+                         'iteration exports with python -m localvision.engine.pipeline.checkpoint '
+                         'WORK_DIR/pipeline_ckpt/iter_N OUT.pth')
     auto = cfg.get('auto_scale_lr') or {}
     if auto.get('enable', False) and not isinstance(auto.get('base_batch_size'), (int, float)):
         raise InputError(f"auto_scale_lr.enable=True needs auto_scale_lr.base_batch_size (a number), got "
