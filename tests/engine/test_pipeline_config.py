@@ -111,3 +111,13 @@ def test_save_best_is_refused_with_what_to_do_instead():
     with pytest.raises(InputError, match=r"save_best='auto' is not supported with pipeline training; remove it: "
                                          r'every validation is in pipeline_logs/val.jsonl'):
         check_pipeline_cfg(cfg)
+
+
+def test_samplers_the_pipeline_cannot_reproduce_are_refused():
+    cfg = cfg_with(dict(micro_batches=4))
+    for ok in ('DefaultSampler', 'InfiniteSampler', 'mmengine.InfiniteSampler'):
+        cfg.train_dataloader.sampler = dict(type=ok, shuffle=True)
+        assert check_pipeline_cfg(cfg).micro_batches == 4
+    cfg.train_dataloader.sampler = dict(type='RepeatAugSampler', num_repeats=3)
+    with pytest.raises(InputError, match=r"sampler.type='RepeatAugSampler' is not supported with pipeline training"):
+        check_pipeline_cfg(cfg)

@@ -20,6 +20,8 @@ from typing import List, Optional
 from localvision.errors import InputError
 
 SCHEDULES = ('sync', 'async')
+# training samplers whose order the pipeline's own (sharded, resumable) sampler reproduces
+SAMPLERS = ('DefaultSampler', 'InfiniteSampler')
 KEYS = ('schedule', 'micro_batches', 'queue_size', 'replicas', 'step_every', 'heartbeat_timeout',
         'release_foreign', 'val_at_end', 'export', 'follow_lag')
 
@@ -155,6 +157,12 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
                          'cross back to the process of that module); train it without `pipeline` '
                          '(one process, or data parallel with tools/dist_train.sh), or pick another objective')
     peak_memory_iter(cfg)
+    sampler = (loader.get('sampler') or {}).get('type', 'DefaultSampler')
+    name = sampler if isinstance(sampler, str) else getattr(sampler, '__name__', repr(sampler))
+    if name.split('.')[-1] not in SAMPLERS:
+        raise InputError(f'train_dataloader.sampler.type={name!r} is not supported with pipeline training: each '
+                         f'replica\'s stage 0 reads its shard in order, as {" or ".join(SAMPLERS)} (shuffle '
+                         'or not) would; use one of them, or train without `pipeline`')
     best = ((cfg.get('default_hooks') or {}).get('checkpoint') or {}).get('save_best')
     if best:
         raise InputError(f'default_hooks.checkpoint.save_best={best!r} is not supported with pipeline training; '
