@@ -112,6 +112,12 @@ def objectives_training_next_module(local_objective) -> List[str]:
     return names
 
 
+def _type_name(t) -> str:
+    """A registry ``type`` (a name, possibly scoped, or a class) as its bare class name."""
+    name = t if isinstance(t, str) else getattr(t, '__name__', repr(t))
+    return name.split('.')[-1]
+
+
 def peak_memory_iter(cfg) -> Optional[int]:
     """The iteration whose peak memory every stage measures: ``at_iter`` of a ``PeakMemoryHook`` in
     ``custom_hooks`` (``None``: there is none). Any other custom hook is refused: hooks act through
@@ -119,9 +125,8 @@ def peak_memory_iter(cfg) -> Optional[int]:
     from localvision.engine.hooks import PeakMemoryHook
     at, others = None, []
     for h in cfg.get('custom_hooks') or []:
-        t = h.get('type') if isinstance(h, dict) else h
-        name = t if isinstance(t, str) else getattr(t, '__name__', repr(t))
-        if name.split('.')[-1] != 'PeakMemoryHook':
+        name = _type_name(h.get('type') if isinstance(h, dict) else h)
+        if name != 'PeakMemoryHook':
             others.append(name)
             continue
         kwargs = {k: v for k, v in h.items() if k not in ('type', 'priority')}
@@ -140,8 +145,8 @@ def peak_memory_iter(cfg) -> Optional[int]:
 def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
     """Validate ``cfg.pipeline`` against the data loader and the number of processes.
 
-    Raises :class:`InputError` for schedules, queue sizes, micro-batch counts, process counts or
-    custom hooks that cannot work, before anything starts.
+    Raises :class:`InputError` for schedules, queue sizes, micro-batch counts, process counts,
+    objectives, samplers, hooks or ``auto_scale_lr`` settings that cannot work, before anything starts.
     """
     pc = parse_pipeline_cfg(cfg.get('pipeline'))
     loader = cfg.get('train_dataloader') or {}
@@ -157,9 +162,8 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
                          'cross back to the process of that module); train it without `pipeline` '
                          '(one process, or data parallel with tools/dist_train.sh), or pick another objective')
     peak_memory_iter(cfg)
-    sampler = (loader.get('sampler') or {}).get('type', 'DefaultSampler')
-    name = sampler if isinstance(sampler, str) else getattr(sampler, '__name__', repr(sampler))
-    if name.split('.')[-1] not in SAMPLERS:
+    name = _type_name((loader.get('sampler') or {}).get('type', 'DefaultSampler'))
+    if name not in SAMPLERS:
         raise InputError(f'train_dataloader.sampler.type={name!r} is not supported with pipeline training: each '
                          f'replica\'s stage 0 reads its shard in order, as {" or ".join(SAMPLERS)} (shuffle '
                          'or not) would; use one of them, or train without `pipeline`')
