@@ -27,7 +27,7 @@ def uninterrupted(tiny_cls_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('pipe_ckpt')
     cfg = write_config(tmp / 'cfg.py', tiny_cls_root, cuts=(5,), epochs=2,
                        extra="default_hooks = dict(logger=dict(interval=1), "
-                             "checkpoint=dict(by_epoch=False, interval=2, max_keep_ckpts=-1))")
+                             "checkpoint=dict(by_epoch=False, interval=2, max_keep_ckpts=-1, save_best='auto'))")
     work = str(tmp / 'a')
     spawn(cfg, work, 2)
     return cfg, work
@@ -36,7 +36,7 @@ def uninterrupted(tiny_cls_root, tmp_path_factory):
 def test_checkpoint_layout_and_export(uninterrupted, tmp_path):
     cfg, work = uninterrupted
     root = osp.join(work, 'pipeline_ckpt')
-    assert sorted(os.listdir(root)) == ['iter_2', 'iter_4', 'iter_6', 'iter_8', 'last']
+    assert sorted(os.listdir(root)) == ['best.json', 'iter_2', 'iter_4', 'iter_6', 'iter_8', 'last']
     assert sorted(os.listdir(osp.join(root, 'iter_4'))) == ['manifest.json', 'stage0.pth', 'stage1.pth']
     assert not [f for d, _, fs in os.walk(work) for f in fs if f.endswith('.tmp')]
     manifest = json.load(open(osp.join(root, 'iter_4', 'manifest.json')))
@@ -60,6 +60,22 @@ def test_checkpoint_layout_and_export(uninterrupted, tmp_path):
     assert [r['iter'] for r in val] == [4]
     at4 = test_tool.main([cfg, out, '--work-dir', str(tmp_path / 't4')])
     assert val[0]['accuracy/top1'] == pytest.approx(at4['accuracy/top1'])
+
+
+def test_save_best_keeps_the_export_of_the_best_validation(uninterrupted):
+    """save_best='auto' (the first metric, accuracy/top1; mmengine's names): the one validation
+    during training (iteration 4; the final one is left to the export) is the best so far, so its
+    checkpoint is exported as best_accuracy_top1_iter_4.pth, with its score in the record."""
+    cfg, work = uninterrupted
+    assert sorted(f for f in os.listdir(work) if f.startswith('best_')) == ['best_accuracy_top1_iter_4.pth']
+    best = load_state(osp.join(work, 'best_accuracy_top1_iter_4.pth'))
+    from localvision.engine.pipeline.checkpoint import merged_state_dict
+    at4 = merged_state_dict(osp.join(work, 'pipeline_ckpt', 'iter_4', 'manifest.json'))
+    assert list(best) == list(at4) and all(torch.equal(best[k], at4[k]) for k in at4)
+    val = json.loads(open(osp.join(work, 'pipeline_logs', 'val.jsonl')).readline())
+    record = json.load(open(osp.join(work, 'pipeline_ckpt', 'best.json')))['improvements']
+    assert record == {'accuracy/top1': [dict(iter=4, score=val['accuracy/top1'],
+                                             path=osp.join(work, 'best_accuracy_top1_iter_4.pth'))]}
 
 
 def test_validation_builds_the_model_as_the_runner_does(uninterrupted, tmp_path):
@@ -106,3 +122,15 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path, resume_at):
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m: f'{k}: {m}')
+    # save_best: resumed before the validation of iteration 4, the run validates it and keeps the same best
+    # file; resumed after it, the run continues from the uninterrupted run's best (its record up to 4)
+    record = json.load(open(osp.join(resumed, 'pipeline_ckpt', 'best.json')))['improvements']
+    kept = [f for f in os.listdir(resumed) if f.startswith('best_')]
+    if resume_at < 4:
+        assert kept == ['best_accuracy_top1_iter_4.pth']
+        ours, theirs = (load_state(osp.join(d, 'best_accuracy_top1_iter_4.pth')) for d in (resumed, work))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+        assert record['accuracy/top1'][0]['path'] == osp.join(resumed, 'best_accuracy_top1_iter_4.pth')
+    else:
+        assert kept == []
+        assert record['accuracy/top1'][0]['path'] == osp.join(work, 'best_accuracy_top1_iter_4.pth')

@@ -105,12 +105,30 @@ def test_auto_scale_lr_needs_its_base_batch_size():
     assert check_pipeline_cfg(cfg).micro_batches == 4
 
 
-def test_save_best_is_refused_with_what_to_do_instead():
+@pytest.mark.parametrize('checkpoint,match', [
+    (dict(save_best='acc', rule='bigger'), r"default_hooks.checkpoint: rule must be greater, less or None, but got "
+                                           r"bigger. \(save_best='acc', rule='bigger'\)"),
+    (dict(save_best='fid'), r'default_hooks.checkpoint: Cannot infer the rule for key fid, thus a specific rule'),
+    (dict(save_best=['acc', 'acc']), r'default_hooks.checkpoint: Find duplicate element in "save_best"'),
+    (dict(interval=1, out_dir='/elsewhere', save_begin=2),
+     r"default_hooks.checkpoint keys \['out_dir', 'save_begin'\] are not supported with pipeline training"),
+])
+def test_checkpoint_options_it_cannot_honour_are_refused(checkpoint, match):
     cfg = cfg_with(dict(micro_batches=4))
-    cfg.default_hooks = dict(checkpoint=dict(interval=1, save_best='auto'))
-    with pytest.raises(InputError, match=r"save_best='auto' is not supported with pipeline training; remove it: "
-                                         r'every validation is in pipeline_logs/val.jsonl'):
+    cfg.default_hooks = dict(checkpoint=checkpoint)
+    with pytest.raises(InputError, match=match):
         check_pipeline_cfg(cfg)
+
+
+@pytest.mark.parametrize('checkpoint', [
+    dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_last=True, save_best='auto'),
+    dict(by_epoch=False, interval=100, save_best='mIoU'),
+    dict(save_best=['fid', 'accuracy/top1'], rule=['less', 'greater']),
+])
+def test_save_best_is_accepted(checkpoint):
+    cfg = cfg_with(dict(micro_batches=4))
+    cfg.default_hooks = dict(checkpoint=checkpoint)
+    assert check_pipeline_cfg(cfg).micro_batches == 4
 
 
 def test_samplers_the_pipeline_cannot_reproduce_are_refused():

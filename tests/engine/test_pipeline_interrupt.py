@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest
 HERE = osp.dirname(osp.abspath(__file__))
 
 
-def _config(tmp_path, data_root, **kwargs):
+def _config(tmp_path, data_root, checkpoint='', **kwargs):
     return write_config(
         tmp_path / 'cfg.py', data_root, cuts=(5,), epochs=3, **kwargs,
         model_extra=", local_objective=dict(_delete_=True, type='Greedy', "
@@ -33,7 +33,7 @@ def _config(tmp_path, data_root, **kwargs):
         extra="custom_imports = dict(imports=['localvision.utils.setup_env', 'localvision.cls', 'pipeline_helpers'], "
               "allow_failed_imports=False)\n"
               "default_hooks = dict(logger=dict(interval=1), "
-              "checkpoint=dict(by_epoch=False, interval=1000, max_keep_ckpts=-1))\n"
+              f"checkpoint=dict(by_epoch=False, interval=1000, max_keep_ckpts=-1{checkpoint}))\n"
               "train_cfg = dict(max_epochs=3, val_interval=1000)")
 
 
@@ -77,7 +77,7 @@ def _worker_pid(port, rank):
 
 
 def test_ctrl_c_saves_every_stage_at_one_boundary_and_resume_equals_uninterrupted(tiny_cls_root, tmp_path):
-    cfg = _config(tmp_path, tiny_cls_root)
+    cfg = _config(tmp_path, tiny_cls_root, checkpoint=", save_best='auto'")  # the final validation: the best
     work = str(tmp_path / 'work')
     proc, env = _start(cfg, 2, work)
     log1 = osp.join(work, 'pipeline_logs', 'stage1_replica0.jsonl')
@@ -100,6 +100,11 @@ def test_ctrl_c_saves_every_stage_at_one_boundary_and_resume_equals_uninterrupte
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert [x['iter'] for x in _lines(log1)] == list(range(1, 13))  # continued where it stopped
     state = load_state(osp.join(work, 'epoch_3.pth'))
+    # save_best: the only validation (of the export) is the best; kept as mmengine names it
+    assert [f for f in os.listdir(work) if f.startswith('best_')] == ['best_accuracy_top1_iter_12.pth']
+    best = load_state(osp.join(work, 'best_accuracy_top1_iter_12.pth'))
+    assert set(best) == set(state) and all(torch.equal(best[k], state[k]) for k in state)
+    assert 'the best checkpoint with' in r.stdout and 'accuracy/top1 at iteration 12' in r.stdout, r.stdout[-2000:]
     ref = reference_run(cfg, micro_batches=4, iters=12)
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f'{k}: {m}')

@@ -46,14 +46,15 @@ LAST = 'last'
 VERSION = 1
 
 
-def _put(data: bytes, path: str) -> None:
+def put_bytes(data: bytes, path: str) -> None:
+    """Write ``data`` to ``path`` atomically (temporary name, fsync, rename)."""
     AtomicLocalBackend().put(data, path)
 
 
 def save_torch(obj: Any, path: str) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _put(buf.getvalue(), path)
+    put_bytes(buf.getvalue(), path)
 
 
 def load_torch(path: str) -> Any:
@@ -79,9 +80,9 @@ def stage_file(stage: int) -> str:
 
 def write_manifest(folder: str, manifest: Dict[str, Any], work_dir: Optional[str] = None) -> str:
     path = osp.join(folder, MANIFEST)
-    _put(json.dumps(manifest, indent=1).encode(), path)
+    put_bytes(json.dumps(manifest, indent=1).encode(), path)
     if work_dir is not None:
-        _put(osp.abspath(path).encode(), osp.join(ckpt_root(work_dir), LAST))
+        put_bytes(osp.abspath(path).encode(), osp.join(ckpt_root(work_dir), LAST))
     return path
 
 

@@ -22,6 +22,10 @@ from localvision.errors import InputError
 SCHEDULES = ('sync', 'async')
 # training samplers whose order the pipeline's own (sharded, resumable) sampler reproduces
 SAMPLERS = ('DefaultSampler', 'InfiniteSampler')
+# default_hooks.checkpoint keys pipeline training honours (the stage files always hold the optimizer
+# and the schedulers: a resume needs them; the last iteration is always saved: the export needs it)
+CHECKPOINT_KEYS = ('type', '_scope_', 'interval', 'by_epoch', 'max_keep_ckpts', 'save_last', 'save_optimizer',
+                   'save_param_scheduler', 'save_best', 'rule', 'greater_keys', 'less_keys')
 KEYS = ('schedule', 'micro_batches', 'queue_size', 'replicas', 'step_every', 'heartbeat_timeout',
         'release_foreign', 'val_at_end', 'export', 'follow_lag')
 
@@ -142,11 +146,25 @@ def peak_memory_iter(cfg) -> Optional[int]:
     return at
 
 
+def check_checkpoint_hook(cfg) -> None:
+    """``default_hooks.checkpoint`` holds only keys pipeline training honours (see ``CHECKPOINT_KEYS``),
+    and a ``save_best`` / ``rule`` that mmengine's ``CheckpointHook`` accepts."""
+    from .best import rule_hook
+    from .intervals import hook_cfg
+    unknown = sorted(set(hook_cfg(cfg, 'checkpoint')) - set(CHECKPOINT_KEYS))
+    if unknown:
+        raise InputError(f'default_hooks.checkpoint keys {unknown} are not supported with pipeline training (each '
+                         'stage writes its own files under WORK_DIR/pipeline_ckpt, with optimizer and schedulers, '
+                         f'and the export is WORK_DIR/epoch_N.pth or iter_N.pth); remove them. Honoured: '
+                         f'{list(CHECKPOINT_KEYS)}')
+    rule_hook(cfg)
+
+
 def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
     """Validate ``cfg.pipeline`` against the data loader and the number of processes.
 
     Raises :class:`InputError` for schedules, queue sizes, micro-batch counts, process counts,
-    objectives, samplers, hooks or ``auto_scale_lr`` settings that cannot work, before anything starts.
+    objectives, samplers, hooks, checkpoint options or ``auto_scale_lr`` settings that cannot work, before anything starts.
     """
     pc = parse_pipeline_cfg(cfg.get('pipeline'))
     loader = cfg.get('train_dataloader') or {}
@@ -167,12 +185,7 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
         raise InputError(f'train_dataloader.sampler.type={name!r} is not supported with pipeline training: each '
                          f'replica\'s stage 0 reads its shard in order, as {" or ".join(SAMPLERS)} (shuffle '
                          'or not) would; use one of them, or train without `pipeline`')
-    best = ((cfg.get('default_hooks') or {}).get('checkpoint') or {}).get('save_best')
-    if best:
-        raise InputError(f'default_hooks.checkpoint.save_best={best!r} is not supported with pipeline training; '
-                         'remove it: every validation is in pipeline_logs/val.jsonl, and the checkpoint of any '
-                         'iteration exports with python -m localvision.engine.pipeline.checkpoint '
-                         'WORK_DIR/pipeline_ckpt/iter_N OUT.pth')
+    check_checkpoint_hook(cfg)
     auto = cfg.get('auto_scale_lr') or {}
     if auto.get('enable', False) and not isinstance(auto.get('base_batch_size'), (int, float)):
         raise InputError(f"auto_scale_lr.enable=True needs auto_scale_lr.base_batch_size (a number), got "

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from localvision.errors import InputError
 
 from . import checkpoint as ckpt_io
+from .best import RULE_KEYS, BestCheckpoint
 from .config import check_pipeline_cfg, peak_memory_iter, requested_num_stages
 from .runner import PipelineRunner
 
@@ -40,7 +41,8 @@ def init_pipeline_dist(cfg) -> None:
 def train_pipeline(cfg) -> Dict[str, Any]:
     """Module-parallel training of ``cfg`` on this process's rank (``tools/train.py`` calls this
     when the config has a ``pipeline`` section). Returns this rank's summary; global rank 0 also
-    exports the final single-file checkpoint (``summary['exported']``) and evaluates it."""
+    exports the final single-file checkpoint (``summary['exported']``), evaluates it and, with
+    ``default_hooks.checkpoint.save_best``, keeps it as the best checkpoint if it is."""
     world = dist.get_world_size() if dist.is_initialized() else (
         int(os.environ['WORLD_SIZE']) if 'WORLD_SIZE' in os.environ else None)
     pc = check_pipeline_cfg(cfg, world)
@@ -67,6 +69,10 @@ def train_pipeline(cfg) -> Dict[str, Any]:
         print(f'pipeline: merged the stage checkpoints into {out} (tools/test.py CONFIG {out})', flush=True)
         if pc.val_at_end and cfg.get('val_dataloader') and cfg.get('val_evaluator'):
             summary['val'] = validate(cfg, out)
+            best = BestCheckpoint.from_cfg(cfg, runner.work_dir, runner.intervals)
+            if best is not None:  # the record the last stage kept during training, and the final validation
+                best.update(runner.total_iters, summary['val'],
+                            lambda path: ckpt_io.put_bytes(open(out, 'rb').read(), path))
     return summary
 
 
@@ -82,6 +88,9 @@ def validate(cfg, checkpoint: str) -> Dict[str, float]:
     c.train_cfg = None
     c.optim_wrapper = None
     c.param_scheduler = None
+    ckpt_hook = (c.get('default_hooks') or {}).get('checkpoint')
+    for key in RULE_KEYS if ckpt_hook else ():  # the best checkpoint is kept by train_pipeline
+        ckpt_hook.pop(key, None)
     runner = Runner.from_cfg(c)
     metrics = runner.val()
     print('pipeline: final validation metrics: ' + ', '.join(f'{k}: {float(v):.2f}' for k, v in metrics.items()),

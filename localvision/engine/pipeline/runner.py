@@ -30,6 +30,7 @@ from localvision.engine.interrupt import StopOnSignal
 from localvision.errors import InputError
 
 from . import checkpoint as ckpt_io
+from .best import BestCheckpoint, record_of
 from .config import PipelineConfig
 from .data import TrainBatches, saved_rng, set_rng_state, split_micro
 from .follow import FollowReceiver, FollowSender, follow_cuts, followed_parameters
@@ -158,10 +159,11 @@ class PipelineRunner:
                                  stop_source=lambda: self.signals.requested).start()
         all_keys = list(model.state_dict().keys())
 
-        self.start_iter, resume_state = 0, None
+        self.start_iter, resume_state, self.resumed_from = 0, None, None
         if cfg.get('resume'):
+            self.resumed_from = ckpt_io.resolve_manifest(cfg.get('load_from') or 'auto', self.work_dir)
             self.start_iter, resume_state = ckpt_io.load_for_resume(
-                cfg.get('load_from') or 'auto', self.work_dir, self.stage, self.K, self.cuts)
+                self.resumed_from, self.work_dir, self.stage, self.K, self.cuts)
         self._trace_and_share(resume_state)
         if self.start_iter > self.total_iters:
             raise InputError(f'the checkpoint is at iteration {self.start_iter}, beyond train_cfg '
@@ -207,8 +209,11 @@ class PipelineRunner:
             self.follow_out.after(self.start_iter)
         self.validator = None
         if self.topo.is_last and self.topo.replica == 0:  # it reaches every boundary last
+            best = BestCheckpoint.from_cfg(cfg, self.work_dir, self.intervals)
+            if best is not None:  # the improvements up to where this run starts
+                best.start(self.start_iter, source=self.resumed_from and record_of(self.resumed_from))
             self.validator = StageValidator(cfg, self.work_dir, self.log_dir, self.device, self.seed,
-                                            self.total_iters, check_abort=self.watchdog.check_abort)
+                                            self.total_iters, check_abort=self.watchdog.check_abort, best=best)
 
     def _trace_and_share(self, resume_state: Optional[Dict[str, Any]]) -> None:
         """Stage 0 opens the data at the resume position; global rank 0 traces the units on the

@@ -4,7 +4,8 @@ At a validation point (``train_cfg.val_interval`` / ``val_begin``, see
 :meth:`~.intervals.Intervals.val_due`) every stage saves its checkpoint; the last stage of replica 0
 (it reaches the boundary last) waits for the set to be complete, merges the stage files into the
 full model and evaluates it with ``val_dataloader`` / ``val_evaluator``, while the other stages
-run ahead as far as the queues allow. The RNG is left untouched (a resumed run still ends
+run ahead as far as the queues allow; with ``default_hooks.checkpoint.save_best`` an improvement
+exports that checkpoint as the best one (:mod:`.best`). The RNG is left untouched (a resumed run still ends
 bit-identical) and the full model is freed afterwards. The final validation is that of the
 exported checkpoint (:func:`~.launch.validate`).
 """
@@ -14,11 +15,12 @@ import copy
 import json
 import os.path as osp
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from . import checkpoint as ckpt_io
+from .best import BestCheckpoint
 from .data import ReplicaSampler, rng_state, set_rng_state
 
 
@@ -34,12 +36,15 @@ class StageValidator:
         total_iters: the run's length (for the printed ``[iteration/total]``).
         check_abort: raises if another rank failed while waiting for the checkpoint.
         timeout_s: how long to wait for the other stages' files of a checkpoint.
+        best: keeps the best checkpoint (``default_hooks.checkpoint.save_best``).
     """
 
     def __init__(self, cfg, work_dir: str, log_dir: str, device: torch.device, seed: int, total_iters: int,
-                 check_abort: Callable[[], None], timeout_s: float = 600.0) -> None:
+                 check_abort: Callable[[], None], timeout_s: float = 600.0,
+                 best: Optional[BestCheckpoint] = None) -> None:
         self.cfg, self.work_dir, self.log_dir, self.device = cfg, work_dir, log_dir, device
         self.seed, self.total_iters, self.check_abort, self.timeout_s = seed, total_iters, check_abort, timeout_s
+        self.best = best
         self.history: List[Dict[str, float]] = []  # every validation of the run
         self._loader = self._evaluator = None  # built at the first validation
 
@@ -104,4 +109,6 @@ class StageValidator:
         with open(osp.join(self.log_dir, 'val.jsonl'), 'a') as f:
             f.write(json.dumps(dict(iter=iteration, **metrics)) + '\n')
         self.history.append(dict(iter=iteration, **metrics))
+        if self.best is not None:
+            self.best.update(iteration, metrics, lambda path: ckpt_io.export(manifest, path))
         return metrics
