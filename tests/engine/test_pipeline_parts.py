@@ -42,6 +42,47 @@ def test_iteration_based_intervals():
     assert not Intervals.from_cfg(cfg(val_evaluator=None), iters_per_epoch=4).val_due(8)
 
 
+def test_iteration_based_training_validates_every_1000_iterations_by_default():
+    """mmengine's IterBasedTrainLoop defaults to val_interval=1000 (EpochBasedTrainLoop to 1 epoch)."""
+    iv = Intervals.from_cfg(cfg(train_cfg=dict(type='IterBasedTrainLoop', max_iters=2500)), iters_per_epoch=4)
+    assert [d for d in range(1, 2501) if iv.val_due(d)] == [1000, 2000]
+    assert Intervals.from_cfg(cfg(train_cfg=dict(max_epochs=3)), iters_per_epoch=4).val_interval == 1
+
+
+@pytest.mark.parametrize('by_epoch', [True, False], ids=['epochs', 'iterations'])
+def test_dynamic_intervals_validate_where_mmengine_loops_do(by_epoch):
+    """train_cfg.dynamic_intervals: the boundaries mmengine's own loops validate at (their
+    _decide_current_val_interval on the same milestones; the last one is left to the export)."""
+    from types import SimpleNamespace
+
+    from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+    from mmengine.runner.utils import calc_dynamic_intervals
+    n, ipe = 20, 3
+    length = dict(max_epochs=n) if by_epoch else dict(max_iters=n)
+    train_cfg = dict(**length, val_interval=5, val_begin=2, dynamic_intervals=[(8, 2), (15, 1)])
+    iv = Intervals.from_cfg(cfg(train_cfg=train_cfg), iters_per_epoch=ipe)
+    loop = SimpleNamespace(val_interval=5)
+    loop.dynamic_milestones, loop.dynamic_intervals = calc_dynamic_intervals(5, train_cfg['dynamic_intervals'])
+    expected = []
+    for count in range(1, n):  # epochs (iterations) done; mmengine: after the count, decide, then validate
+        loop.epoch = loop._iter = count
+        (EpochBasedTrainLoop if by_epoch else IterBasedTrainLoop)._decide_current_val_interval(loop)
+        if count >= 2 and count % loop.val_interval == 0:
+            expected.append(count * ipe if by_epoch else count)
+    got = [d for d in range(1, iv.total_iters + 1) if iv.val_due(d)]
+    assert got == expected and len(expected) > 6
+
+
+def test_training_loops_it_cannot_reproduce_are_refused():
+    from localvision.engine.pipeline.intervals import check_train_cfg
+    for ok in ('EpochBasedTrainLoop', 'IterBasedTrainLoop', 'LocalEpochBasedTrainLoop', 'mmengine.IterBasedTrainLoop'):
+        check_train_cfg(cfg(train_cfg=dict(type=ok, max_iters=4)))
+    with pytest.raises(InputError, match=r"train_cfg.type='TeacherLoop' is not supported with pipeline training"):
+        check_train_cfg(cfg(train_cfg=dict(type='TeacherLoop', max_iters=4)))
+    with pytest.raises(InputError, match=r"train_cfg keys \['ema'\] are not supported with pipeline training"):
+        check_train_cfg(cfg(train_cfg=dict(max_epochs=4, ema=True)))
+
+
 def test_a_run_without_a_length_is_rejected():
     with pytest.raises(InputError, match='max_epochs or train_cfg.max_iters'):
         Intervals.from_cfg(cfg(train_cfg=dict()), iters_per_epoch=4)

@@ -19,6 +19,8 @@ from typing import List, Optional
 
 from localvision.errors import InputError
 
+from .intervals import check_train_cfg, hook_cfg
+
 SCHEDULES = ('sync', 'async')
 # training samplers whose order the pipeline's own (sharded, resumable) sampler reproduces
 SAMPLERS = ('DefaultSampler', 'InfiniteSampler')
@@ -150,7 +152,6 @@ def check_checkpoint_hook(cfg) -> None:
     """``default_hooks.checkpoint`` holds only keys pipeline training honours (see ``CHECKPOINT_KEYS``),
     and a ``save_best`` / ``rule`` that mmengine's ``CheckpointHook`` accepts."""
     from .best import rule_hook
-    from .intervals import hook_cfg
     unknown = sorted(set(hook_cfg(cfg, 'checkpoint')) - set(CHECKPOINT_KEYS))
     if unknown:
         raise InputError(f'default_hooks.checkpoint keys {unknown} are not supported with pipeline training (each '
@@ -186,6 +187,7 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
                          f'replica\'s stage 0 reads its shard in order, as {" or ".join(SAMPLERS)} (shuffle '
                          'or not) would; use one of them, or train without `pipeline`')
     check_checkpoint_hook(cfg)
+    check_train_cfg(cfg)
     auto = cfg.get('auto_scale_lr') or {}
     if auto.get('enable', False) and not isinstance(auto.get('base_batch_size'), (int, float)):
         raise InputError(f"auto_scale_lr.enable=True needs auto_scale_lr.base_batch_size (a number), got "

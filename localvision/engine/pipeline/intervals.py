@@ -1,16 +1,18 @@
 """How long a module-parallel run is and when things happen in it, read from the config as
 ordinary training reads it: the length (``train_cfg.max_epochs`` / ``max_iters``), checkpoints
-(``default_hooks.checkpoint``), validation (``train_cfg.val_interval`` / ``val_begin``), log lines
+(``default_hooks.checkpoint``), validation (``train_cfg.val_interval`` / ``val_begin`` /
+``dynamic_intervals``, with the defaults of mmengine's loops), log lines
 (``default_hooks.logger.interval``), and the parameter schedulers (``param_scheduler``, built
 through mmengine's ``PARAM_SCHEDULERS``). Iterations count global batches; a stage's schedulers
 count its optimizer steps.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from localvision.errors import InputError
 
@@ -36,6 +38,8 @@ class Intervals:
     val_interval: int
     val_begin: int
     has_val: bool
+    val_milestones: Tuple[int, ...] = ()  # train_cfg.dynamic_intervals, as mmengine's loops read them
+    val_intervals: Tuple[int, ...] = ()
 
     @classmethod
     def from_cfg(cls, cfg, iters_per_epoch: int) -> 'Intervals':
@@ -51,10 +55,15 @@ class Intervals:
         every = int(ckpt.get('interval', 1))
         if ckpt.get('by_epoch', True) and by_epoch:
             every *= iters_per_epoch
+        from mmengine.runner.utils import calc_dynamic_intervals
+        # mmengine's defaults: EpochBasedTrainLoop validates every epoch, IterBasedTrainLoop every 1000 iterations
+        val_interval = int(train_cfg.get('val_interval', 1 if by_epoch else 1000))
+        milestones, intervals = calc_dynamic_intervals(val_interval, train_cfg.get('dynamic_intervals'))
         return cls(total_iters=total, iters_per_epoch=iters_per_epoch, by_epoch=by_epoch,
                    checkpoint_every=max(every, 1), log_every=int(hook_cfg(cfg, 'logger').get('interval', 10)),
-                   val_interval=int(train_cfg.get('val_interval', 1)), val_begin=int(train_cfg.get('val_begin', 1)),
-                   has_val=bool(cfg.get('val_dataloader') and cfg.get('val_evaluator')))
+                   val_interval=val_interval, val_begin=int(train_cfg.get('val_begin', 1)),
+                   has_val=bool(cfg.get('val_dataloader') and cfg.get('val_evaluator')),
+                   val_milestones=tuple(milestones), val_intervals=tuple(intervals))
 
     def epoch_ends(self, done: int) -> bool:
         """Iteration ``done`` ends an epoch of epoch-based training."""
@@ -71,12 +80,40 @@ class Intervals:
             return False
         if self.by_epoch:
             epoch, within = divmod(done, self.iters_per_epoch)
-            return within == 0 and epoch >= self.val_begin and epoch % self.val_interval == 0
-        return done >= self.val_begin and done % self.val_interval == 0
+            return within == 0 and epoch >= self.val_begin and epoch % self.val_interval_at(epoch) == 0
+        return done >= self.val_begin and done % self.val_interval_at(done) == 0
+
+    def val_interval_at(self, count: int) -> int:
+        """The validation interval after ``count`` epochs (or iterations) as mmengine's loops decide
+        it (``_decide_current_val_interval``: ``train_cfg.dynamic_intervals``)."""
+        if not self.val_milestones:
+            return self.val_interval
+        return self.val_intervals[bisect.bisect(self.val_milestones, count + 1) - 1]
 
     def log_due(self, done: int) -> bool:
         """Every ``default_hooks.logger.interval`` iterations, and at the end."""
         return done % self.log_every == 0 or done == self.total_iters
+
+
+# train_cfg keys module-parallel training honours, and the loops it reproduces (mmengine's two, and
+# localvision's epoch loop that load_config puts in place of mmengine's: the same iterations)
+TRAIN_CFG_KEYS = ('type', '_scope_', 'by_epoch', 'max_epochs', 'max_iters', 'val_begin', 'val_interval',
+                  'dynamic_intervals')
+TRAIN_LOOPS = ('EpochBasedTrainLoop', 'IterBasedTrainLoop', 'LocalEpochBasedTrainLoop')
+
+
+def check_train_cfg(cfg) -> None:
+    """``train_cfg`` is one of mmengine's two training loops, with keys this module reads."""
+    train_cfg = dict(cfg.get('train_cfg') or {})
+    loop = train_cfg.get('type')
+    name = loop if isinstance(loop, str) else getattr(loop, '__name__', repr(loop))
+    if loop is not None and name.split('.')[-1] not in TRAIN_LOOPS:
+        raise InputError(f'train_cfg.type={name!r} is not supported with pipeline training: its stages run the '
+                         f'iterations of {", ".join(TRAIN_LOOPS)}; use one of them, or train without `pipeline`')
+    unknown = sorted(set(train_cfg) - set(TRAIN_CFG_KEYS))
+    if unknown:
+        raise InputError(f'train_cfg keys {unknown} are not supported with pipeline training; remove them. '
+                         f'Honoured: {list(TRAIN_CFG_KEYS)}')
 
 
 def build_param_schedulers(cfg, optim_wrapper, intervals: Intervals, micro_batches: int,
