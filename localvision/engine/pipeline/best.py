@@ -70,16 +70,14 @@ class BestCheckpoint:
     """The best checkpoint per metric of ``save_best`` (see the module doc).
 
     Args:
-        cfg: the full config (``default_hooks.checkpoint``).
+        hook: mmengine's ``CheckpointHook`` holding the rules (:func:`rule_hook`).
         work_dir: the run's work dir (best files and the record).
         by_epoch: name the files by epoch (epoch-based training and an epoch-counting hook).
         iters_per_epoch: global batches per epoch (epoch numbers).
     """
 
-    def __init__(self, cfg, work_dir: str, by_epoch: bool, iters_per_epoch: int) -> None:
-        self.hook = rule_hook(cfg)
-        if self.hook is None:
-            raise InputError('default_hooks.checkpoint.save_best is not set')
+    def __init__(self, hook, work_dir: str, by_epoch: bool, iters_per_epoch: int) -> None:
+        self.hook = hook
         self.work_dir, self.by_epoch, self.ipe = osp.abspath(work_dir), by_epoch, iters_per_epoch
         self.path = record_path(self.work_dir)
         self.improvements: Dict[str, List[Dict[str, Any]]] = read_record(self.path)
@@ -87,10 +85,11 @@ class BestCheckpoint:
     @classmethod
     def from_cfg(cls, cfg, work_dir: str, intervals) -> Optional['BestCheckpoint']:
         """``None`` when the config has no ``save_best``."""
-        if rule_hook(cfg) is None:
+        hook = rule_hook(cfg)
+        if hook is None:
             return None
         by_epoch = intervals.by_epoch and hook_cfg(cfg, 'checkpoint').get('by_epoch', True)
-        return cls(cfg, work_dir, by_epoch, intervals.iters_per_epoch)
+        return cls(hook, work_dir, by_epoch, intervals.iters_per_epoch)
 
     def start(self, iteration: int, source: Optional[str] = None) -> None:
         """Begin a run at ``iteration`` (0, or the resumed checkpoint's): keep the improvements up to
@@ -113,7 +112,7 @@ class BestCheckpoint:
         if 'auto' in hook.key_indicators:  # the first metric of the first validation, as mmengine
             hook._init_rule(hook.rules, [next(iter(metrics))])
         written = []
-        for key, rule in zip(hook.key_indicators, hook.rules):
+        for key in hook.key_indicators:
             if key not in metrics:
                 raise InputError(f'default_hooks.checkpoint.save_best={key!r} is not among the validation metrics '
                                  f'{sorted(metrics)}; the stage checkpoints are saved: fix save_best and continue '
