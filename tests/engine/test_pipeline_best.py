@@ -42,7 +42,7 @@ def test_auto_takes_the_first_metric_and_keeps_one_file_per_improvement(tmp_path
         == [str(tmp_path / 'best_accuracy_top1_epoch_1.pth')]
     assert best.update(8, {'accuracy/top1': 40.0, 'accuracy/top5': 99.0}, saver(written)) == []  # worse: kept
     best.update(12, {'accuracy/top1': 60.0, 'accuracy/top5': 95.0}, saver(written))
-    assert written == [str(tmp_path / 'best_accuracy_top1_epoch_1.pth'), str(tmp_path / 'best_accuracy_top1_epoch_3.pth')]
+    assert written == [str(tmp_path / f'best_accuracy_top1_epoch_{e}.pth') for e in (1, 3)]
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith('.pth')) == ['best_accuracy_top1_epoch_3.pth']
     record = json.load(open(tmp_path / 'pipeline_ckpt' / 'best.json'))['improvements']
     assert [(e['iter'], e['score']) for e in record['accuracy/top1']] == [(4, 50.0), (12, 60.0)]

@@ -165,7 +165,8 @@ def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:
     """Validate ``cfg.pipeline`` against the data loader and the number of processes.
 
     Raises :class:`InputError` for schedules, queue sizes, micro-batch counts, process counts,
-    objectives, samplers, hooks, checkpoint options or ``auto_scale_lr`` settings that cannot work, before anything starts.
+    objectives, samplers, hooks, checkpoint options, training loops or ``auto_scale_lr`` settings
+    that cannot work, before anything starts.
     """
     pc = parse_pipeline_cfg(cfg.get('pipeline'))
     loader = cfg.get('train_dataloader') or {}
