@@ -74,7 +74,7 @@ def test_dynamic_intervals_validate_where_mmengine_loops_do(by_epoch):
 
 
 def test_training_loops_it_cannot_reproduce_are_refused():
-    from localvision.engine.pipeline.intervals import check_train_cfg
+    from localvision.engine.pipeline.config import check_train_cfg
     for ok in ('EpochBasedTrainLoop', 'IterBasedTrainLoop', 'LocalEpochBasedTrainLoop', 'mmengine.IterBasedTrainLoop'):
         check_train_cfg(cfg(train_cfg=dict(type=ok, max_iters=4)))
     with pytest.raises(InputError, match=r"train_cfg.type='TeacherLoop' is not supported with pipeline training"):

@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from localvision.errors import InputError
 
-from .intervals import check_train_cfg, hook_cfg
+from .intervals import hook_cfg
 
 SCHEDULES = ('sync', 'async')
 # training samplers whose order the pipeline's own (sharded, resumable) sampler reproduces
@@ -28,6 +28,11 @@ SAMPLERS = ('DefaultSampler', 'InfiniteSampler')
 # and the schedulers: a resume needs them; the last iteration is always saved: the export needs it)
 CHECKPOINT_KEYS = ('type', '_scope_', 'interval', 'by_epoch', 'max_keep_ckpts', 'save_last', 'save_optimizer',
                    'save_param_scheduler', 'save_best', 'rule', 'greater_keys', 'less_keys')
+# train_cfg keys module-parallel training honours, and the loops it reproduces (mmengine's two, and
+# localvision's epoch loop that load_config puts in place of mmengine's: the same iterations)
+TRAIN_CFG_KEYS = ('type', '_scope_', 'by_epoch', 'max_epochs', 'max_iters', 'val_begin', 'val_interval',
+                  'dynamic_intervals')
+TRAIN_LOOPS = ('EpochBasedTrainLoop', 'IterBasedTrainLoop', 'LocalEpochBasedTrainLoop')
 KEYS = ('schedule', 'micro_batches', 'queue_size', 'replicas', 'step_every', 'heartbeat_timeout',
         'release_foreign', 'val_at_end', 'export', 'follow_lag')
 
@@ -159,6 +164,21 @@ def check_checkpoint_hook(cfg) -> None:
                          f'and the export is WORK_DIR/epoch_N.pth or iter_N.pth); remove them. Honoured: '
                          f'{list(CHECKPOINT_KEYS)}')
     rule_hook(cfg)
+
+
+def check_train_cfg(cfg) -> None:
+    """``train_cfg`` is one of the loops in ``TRAIN_LOOPS``, with keys pipeline training reads
+    (:class:`~.intervals.Intervals`)."""
+    train_cfg = dict(cfg.get('train_cfg') or {})
+    loop = train_cfg.get('type')
+    name = None if loop is None else _type_name(loop)
+    if name is not None and name not in TRAIN_LOOPS:
+        raise InputError(f'train_cfg.type={name!r} is not supported with pipeline training: its stages run the '
+                         f'iterations of {", ".join(TRAIN_LOOPS)}; use one of them, or train without `pipeline`')
+    unknown = sorted(set(train_cfg) - set(TRAIN_CFG_KEYS))
+    if unknown:
+        raise InputError(f'train_cfg keys {unknown} are not supported with pipeline training; remove them. '
+                         f'Honoured: {list(TRAIN_CFG_KEYS)}')
 
 
 def check_pipeline_cfg(cfg, world_size: Optional[int] = None) -> PipelineConfig:

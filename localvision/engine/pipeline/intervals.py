@@ -95,27 +95,6 @@ class Intervals:
         return done % self.log_every == 0 or done == self.total_iters
 
 
-# train_cfg keys module-parallel training honours, and the loops it reproduces (mmengine's two, and
-# localvision's epoch loop that load_config puts in place of mmengine's: the same iterations)
-TRAIN_CFG_KEYS = ('type', '_scope_', 'by_epoch', 'max_epochs', 'max_iters', 'val_begin', 'val_interval',
-                  'dynamic_intervals')
-TRAIN_LOOPS = ('EpochBasedTrainLoop', 'IterBasedTrainLoop', 'LocalEpochBasedTrainLoop')
-
-
-def check_train_cfg(cfg) -> None:
-    """``train_cfg`` is one of mmengine's two training loops, with keys this module reads."""
-    train_cfg = dict(cfg.get('train_cfg') or {})
-    loop = train_cfg.get('type')
-    name = loop if isinstance(loop, str) else getattr(loop, '__name__', repr(loop))
-    if loop is not None and name.split('.')[-1] not in TRAIN_LOOPS:
-        raise InputError(f'train_cfg.type={name!r} is not supported with pipeline training: its stages run the '
-                         f'iterations of {", ".join(TRAIN_LOOPS)}; use one of them, or train without `pipeline`')
-    unknown = sorted(set(train_cfg) - set(TRAIN_CFG_KEYS))
-    if unknown:
-        raise InputError(f'train_cfg keys {unknown} are not supported with pipeline training; remove them. '
-                         f'Honoured: {list(TRAIN_CFG_KEYS)}')
-
-
 def build_param_schedulers(cfg, optim_wrapper, intervals: Intervals, micro_batches: int,
                            micros_per_step: int) -> list:
     """``cfg.param_scheduler`` built through mmengine's ``PARAM_SCHEDULERS`` for one stage, whose

@@ -12,6 +12,7 @@ import copy
 import os
 import os.path as osp
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Dict
 
 import torch
@@ -72,7 +73,7 @@ def train_pipeline(cfg) -> Dict[str, Any]:
             best = BestCheckpoint.from_cfg(cfg, runner.work_dir, runner.intervals)
             if best is not None:  # the record the last stage kept during training, and the final validation
                 best.update(runner.total_iters, summary['val'],
-                            lambda path: ckpt_io.put_bytes(open(out, 'rb').read(), path))
+                            lambda path: ckpt_io.put_bytes(Path(out).read_bytes(), path))
     return summary
 
 
