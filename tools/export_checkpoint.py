@@ -34,6 +34,7 @@ from mmengine.config import DictAction  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
+from localvision.utils.export import export  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -47,31 +48,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-DETECTORS = ('LocalSingleStageDetector', 'LocalTwoStageDetector')
-
-
 def main(argv=None):
     args = parse_args(argv)
     allow_mmengine_checkpoints()
     try:
         cfg = load_config(args.config, args.cfg_options)
         check_checkpoint(args.checkpoint)
-        kind = cfg.model.get('type')
-        if kind == 'LocalImageClassifier':
-            from localvision.cls.export import export
-        elif kind in DETECTORS:
-            from localvision.det.export import export
-        else:
-            from localvision.seg.export import export
-        ckpt, config = export(cfg, args.checkpoint, args.out, args.out_config)
+        ckpt, config, stock = export(cfg, args.checkpoint, args.out, args.out_config)
     except InputError as e:
         raise SystemExit(f'error: {e}') from None
-    if kind == 'LocalImageClassifier':
-        from localvision.cls.export import stock_command
-        stock = stock_command(config)
-    else:
-        api = 'mmdet.apis.init_detector' if kind in DETECTORS else 'mmseg.apis.init_model'
-        stock = f'{api}({config!r}, {ckpt!r})'
     print(f'wrote {ckpt} and {config} (stock: {stock})')
     return ckpt, config
 

@@ -21,27 +21,15 @@ through localvision (the CIFAR ResNets); heads other than one linear layer on ti
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 import torch.nn as nn
 
 from localvision.errors import InputError
-from localvision.utils.export import check_stock_timm_model, save_stock_checkpoint
+from localvision.utils.export import DROPPED_PREFIXES, TIMM_PREFIX, StockExport, check_stock_timm_model, stock_state_dict
 
-TIMM_PREFIX = 'backbone.model.'
-DROPPED_PREFIXES = ('objectives.', 'data_preprocessor.')  # auxiliary nets; the preprocessor has no weights
 STOCK_NECKS = (None, 'GlobalAveragePooling')
-
-
-def check_no_context(model: nn.Module, state: Mapping[str, Any]) -> None:
-    """Refuse a model with a context supply (in the config or in the checkpoint's keys)."""
-    if getattr(model, 'context', None) is not None or any(k.startswith('context.') for k in state):
-        raise InputError('the model has a context supply (model.context, ContSup): its context path feeds every '
-                         'module after the first at inference too, which a stock timm model has no place for, so it '
-                         'cannot be exported to timm; export a model trained without model.context, or evaluate '
-                         'this one with tools/test.py')
 
 
 def head_linear(model: nn.Module) -> Tuple[str, nn.Linear]:
@@ -76,16 +64,13 @@ def timm_classifier_name(model: nn.Module) -> str:
 def export_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The trained network under stock timm's keys; auxiliary nets dropped."""
     head_name, linear = head_linear(model)
-    out: Dict[str, torch.Tensor] = OrderedDict()
-    other = []
-    for k, v in model.state_dict().items():
-        if k.startswith(TIMM_PREFIX):
-            out[k[len(TIMM_PREFIX):]] = v.detach().clone()
-        elif not k.startswith(DROPPED_PREFIXES) and not k.startswith(head_name + '.'):
-            other.append(k)
+    other = [k for k in model.state_dict() if not k.startswith((TIMM_PREFIX, head_name + '.', *DROPPED_PREFIXES))]
     if other:
         raise InputError(f'weights {other[:3]} belong neither to the timm model nor to the auxiliary nets; stock '
                          'timm has nowhere to put them, so the model cannot be exported')
+    out = stock_state_dict(model, lambda rest: rest)
+    for k in [k for k in out if k.startswith(head_name + '.')]:
+        del out[k]
     classifier = timm_classifier_name(model)
     for n, p in linear.state_dict().items():
         out[f'{classifier}.{n}'] = p.detach().clone()
@@ -104,35 +89,30 @@ def stock_command(out_config: str) -> str:
         return json.load(f)['stock']
 
 
-def export(cfg, checkpoint: str, out: str, out_config: Optional[str] = None) -> Tuple[str, Optional[str]]:
-    """Build the classifier of ``cfg``, load ``checkpoint``, write the timm checkpoint ``out`` and
-    ``out_config`` (default ``<out>_config.json``: the ``timm.create_model`` call and the input
-    normalisation)."""
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import CheckpointLoader, load_state_dict
+class TimmExport(StockExport):
+    """A :class:`LocalImageClassifier` as a timm model (head included); the config is
+    ``OUT_config.json``: the ``timm.create_model`` call and the input normalisation."""
 
-    from mmpretrain.registry import MODELS
+    library = 'timm'
 
-    import localvision.cls  # noqa: F401  (registers LocalImageClassifier)
-    from localvision.utils import allow_mmengine_checkpoints
-    if cfg.model.get('type') != 'LocalImageClassifier':
-        raise InputError(f"model.type={cfg.model.get('type')!r}: only LocalImageClassifier models are exported here")
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    model = MODELS.build(cfg.model)
-    check_stock_timm_model(model.backbone.model_name, 'timm')
-    allow_mmengine_checkpoints()
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    state = ckpt.get('state_dict', ckpt)
-    check_no_context(model, state)
-    head_linear(model)
-    load_state_dict(model, state, strict=True)
-    save_stock_checkpoint(export_state_dict(model), ckpt, out)
+    def stock_model(self, cfg, model) -> Tuple[str, Dict[str, Any]]:
+        check_stock_timm_model(model.backbone.model_name, 'timm')
+        head_linear(model)
+        return timm_arguments(model)
 
-    name, kwargs = timm_arguments(model)
-    out_config = out_config or out.rsplit('.', 1)[0] + '_config.json'
-    record = dict(stock=timm_command(name, kwargs, out), model_name=name, kwargs=kwargs,
-                  data_preprocessor=cfg.model.to_dict().get('data_preprocessor') or cfg.to_dict().get('data_preprocessor'),
-                  note='the model takes images normalised as data_preprocessor does (mean / std of 0-255 pixels)')
-    with open(out_config, 'w') as f:
-        json.dump(record, f, indent=2, default=repr)
-    return out, out_config
+    def state_dict(self, model) -> Dict[str, torch.Tensor]:
+        return export_state_dict(model)
+
+    def write_config(self, cfg, model, stock_model, meta, out, out_config) -> str:
+        name, kwargs = stock_model
+        out_config = out_config or out.rsplit('.', 1)[0] + '_config.json'
+        preprocessor = cfg.model.to_dict().get('data_preprocessor') or cfg.to_dict().get('data_preprocessor')
+        record = dict(stock=timm_command(name, kwargs, out), model_name=name, kwargs=kwargs,
+                      data_preprocessor=preprocessor,
+                      note='the model takes images normalised as data_preprocessor does (mean / std of 0-255 pixels)')
+        with open(out_config, 'w') as f:
+            json.dump(record, f, indent=2, default=repr)
+        return out_config
+
+    def stock_call(self, out: str, out_config: str) -> str:
+        return stock_command(out_config)

@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Union
 
 import torch
-import torch.nn as nn
 from mmengine.registry import DefaultScope
 from mmpretrain.models.classifiers.base import BaseClassifier
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
+from localvision.cls.export import TimmExport
 from localvision.errors import InputError
 from localvision.models.local_model import LocalLearningModel, TaskHead
 from localvision.structures.local_context import LocalContext
@@ -49,6 +49,8 @@ class LocalImageClassifier(LocalLearningModel, BaseClassifier):
         train_cfg: ``dict(augments=[dict(type='Mixup', alpha=0.8), ...])``: batch augments, as
             for ImageClassifier.
     """
+
+    stock_export = TimmExport
 
     def __init__(self, backbone: dict, head: dict, neck: Optional[dict] = None, split: Optional[dict] = None,
                  local_objective: Union[dict, List[dict], None] = None, context: Optional[dict] = None,

@@ -16,14 +16,13 @@ localvision in the config become mmdet's ``CocoDataset`` with the same classes, 
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from localvision.errors import InputError
-from localvision.utils.export import save_stock_checkpoint, stock_config, timm_features_backbone
+from localvision.utils.export import StockExport, stock_state_dict, timm_features_backbone
 
 LOCAL_KEYS = ('split', 'local_objective', 'context', 'executor')
 LOCAL_TYPES = {'LocalSingleStageDetector': 'SingleStageDetector', 'LocalTwoStageDetector': 'TwoStageDetector'}
@@ -99,22 +98,12 @@ def stock_backbone(model) -> Tuple[dict, Optional[Dict[str, str]]]:
 def export_state_dict(model) -> Dict[str, torch.Tensor]:
     """The detector's weights with the stock backbone's names; local objectives dropped."""
     keys = stock_backbone(model)[1]
-    out = OrderedDict()
-    for k, v in model.state_dict().items():
-        if k.startswith('objectives.') or k.startswith('data_preprocessor.'):
-            continue
-        if k.startswith('backbone.model.'):
-            rest = k[len('backbone.model.'):]
-            if keys is None:
-                if rest.startswith('fc.'):
-                    continue
-                k = 'backbone.' + rest
-            elif rest in keys:
-                k = 'backbone.timm_model.' + keys[rest]
-            else:  # the classifier and what else the feature extractor does not hold
-                continue
-        out[k] = v.detach().clone()
-    return out
+
+    def backbone_key(rest: str) -> Optional[str]:
+        if keys is None:  # mmdet's ResNet: the timm names, without the classifier
+            return None if rest.startswith('fc.') else 'backbone.' + rest
+        return 'backbone.timm_model.' + keys[rest] if rest in keys else None  # None: not in the extractor
+    return stock_state_dict(model, backbone_key)
 
 
 def _stock_dataset(ds, classes) -> None:
@@ -160,21 +149,9 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
     return cfg
 
 
-def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str, str]:
-    """Build the model of ``cfg``, load ``checkpoint``, write the stock checkpoint (and config)."""
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
-    from mmdet.registry import MODELS
-
-    import localvision.det  # noqa: F401
-    init_default_scope('mmdet')
-    if cfg.model.get('type') not in LOCAL_TYPES:
-        raise InputError(f"model.type={cfg.model.get('type')!r}: only {sorted(LOCAL_TYPES)} models are exported here")
-    model = MODELS.build(cfg.model)
-    stock_model = stock_model_cfg(cfg.model.to_dict(), model)  # refuses unsupported backbones before loading
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    meta = save_stock_checkpoint(export_state_dict(model), ckpt, out)
-    stock, out_config = stock_config(cfg, stock_model, out, out_config)
+def stock_classes(cfg, meta: dict) -> Optional[tuple]:
+    """The class names of the trained model (its checkpoint's ``dataset_meta``, else the
+    localvision data set of the config)."""
     classes = (meta.get('dataset_meta') or {}).get('classes')
     if classes is None:
         from mmdet.registry import DATASETS
@@ -183,12 +160,28 @@ def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str,
             if t in LOCAL_DATASETS:
                 classes = DATASETS.get(t).METAINFO.get('classes')
                 break
-    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        if key in stock and classes is not None:
-            d = stock[key].to_dict() if hasattr(stock[key], 'to_dict') else stock[key]
-            _stock_dataset(d, classes)
-            stock[key] = d
-    if stock.model.backbone.type.startswith('mmpretrain.'):
-        stock.custom_imports = dict(imports=['mmpretrain.models'], allow_failed_imports=False)
-    stock.dump(out_config)
-    return out, out_config
+    return classes
+
+
+class MmdetExport(StockExport):
+    """A local detector as mmdet's ``SingleStageDetector`` / ``TwoStageDetector`` / ``MaskRCNN``;
+    localvision's data sets in the config become mmdet's ``CocoDataset`` with the same classes."""
+
+    library = 'mmdet'
+    api = 'mmdet.apis.init_detector'
+
+    def stock_model(self, cfg, model) -> dict:
+        return stock_model_cfg(cfg.model.to_dict(), model)
+
+    def state_dict(self, model) -> Dict[str, torch.Tensor]:
+        return export_state_dict(model)
+
+    def stock_cfg(self, stock, model, meta) -> None:
+        classes = stock_classes(stock, meta)
+        for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            if key in stock and classes is not None:
+                d = stock[key].to_dict() if hasattr(stock[key], 'to_dict') else stock[key]
+                _stock_dataset(d, classes)
+                stock[key] = d
+        if stock.model.backbone.type.startswith('mmpretrain.'):
+            stock.custom_imports = dict(imports=['mmpretrain.models'], allow_failed_imports=False)

@@ -29,6 +29,7 @@ from mmdet.models.detectors.single_stage import SingleStageDetector
 from mmdet.models.detectors.two_stage import TwoStageDetector
 from mmdet.registry import MODELS
 
+from localvision.det.export import MmdetExport
 from localvision.errors import InputError
 from localvision.models.local_model import LocalLearningModel, TaskHead
 from localvision.structures.local_context import LocalContext
@@ -49,6 +50,7 @@ class LocalDetectorMixin(LocalLearningModel):
     """
 
     greedy_objective = dict(type='DetGreedy')
+    stock_export = MmdetExport
 
     def _fill_neck(self, neck: Optional[dict]) -> Optional[dict]:
         """``neck.in_channels`` follows the backbone levels (swapping the backbone is one line)."""

@@ -106,6 +106,9 @@ class LocalLearningModel(metaclass=ABCMeta):
     backbone: StagedTimm
     #: the task's greedy objective: the default ``base`` of objectives built on another (AugLocal, MAN)
     greedy_objective: dict = dict(type='Greedy', head=dict(type='PoolLinearHead'))
+    #: how ``tools/export_checkpoint.py`` writes the trained model for the stock library
+    #: (a :class:`~localvision.utils.export.StockExport`; ``None``: no export)
+    stock_export: Optional[type] = None
 
     # -- construction ------------------------------------------------------------------------
     def init_backbone(self, backbone: dict, split: Optional[dict], executor: Optional[dict] = None,

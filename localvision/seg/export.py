@@ -18,13 +18,12 @@ objectives) are dropped. The backbone becomes
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 
 from localvision.errors import InputError
-from localvision.utils.export import save_stock_checkpoint, stock_config, timm_features_backbone
+from localvision.utils.export import StockExport, stock_state_dict, timm_features_backbone
 
 LOCAL_KEYS = ('split', 'local_objective', 'context', 'executor')
 
@@ -92,27 +91,17 @@ def vit_key(k: str) -> str:
 
 def export_state_dict(model) -> Dict[str, torch.Tensor]:
     """The segmentor's weights with stock mmseg's backbone names; local objectives dropped."""
-    if getattr(model, 'context', None) is not None:
-        raise InputError('a model with a context supply (model.context) runs the context path at inference; '
-                         'stock mmseg has no such path, so it cannot be exported')
-    vit = is_timm_vit(model)
-    keys = None if vit else timm_features_backbone(model, 'mmseg')[1]
-    out = OrderedDict()
-    for k, v in model.state_dict().items():
-        if k.startswith('objectives.') or k.startswith('data_preprocessor.'):
-            continue
-        if k.startswith('backbone.model.'):
-            rest = k[len('backbone.model.'):]
-            if vit:
-                if rest.startswith(('head.', 'fc_norm.')):  # the classifier of the timm model (unused)
-                    continue
-                k = 'backbone.' + vit_key(rest)
-            elif rest in keys:
-                k = 'backbone.timm_model.' + keys[rest]
-            else:  # the classifier and what else the feature extractor does not hold
-                continue
-        out[k] = v.detach().clone()
-    return out
+    if is_timm_vit(model):
+        def backbone_key(rest):
+            if rest.startswith(('head.', 'fc_norm.')):  # the classifier of the timm model (unused)
+                return None
+            return 'backbone.' + vit_key(rest)
+    else:
+        keys = timm_features_backbone(model, 'mmseg')[1]
+
+        def backbone_key(rest):  # None: the classifier and what else the feature extractor does not hold
+            return 'backbone.timm_model.' + keys[rest] if rest in keys else None
+    return stock_state_dict(model, backbone_key)
 
 
 def stock_model_cfg(model_cfg: dict, model) -> dict:
@@ -137,20 +126,14 @@ def stock_model_cfg(model_cfg: dict, model) -> dict:
     return cfg
 
 
-def export(cfg, checkpoint: str, out: str, out_config: str = None) -> Tuple[str, str]:
-    """Build the model of ``cfg``, load ``checkpoint``, write the stock checkpoint (and config)."""
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
-    from mmseg.registry import MODELS
+class MmsegExport(StockExport):
+    """A :class:`LocalEncoderDecoder` as mmseg's ``EncoderDecoder``."""
 
-    import localvision.seg  # noqa: F401
-    init_default_scope('mmseg')
-    if cfg.model.get('type') != 'LocalEncoderDecoder':
-        raise InputError(f"model.type={cfg.model.get('type')!r}: only LocalEncoderDecoder models are exported")
-    model = MODELS.build(cfg.model)
-    stock_model = stock_model_cfg(cfg.model.to_dict(), model)  # refuses unsupported backbones before loading
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    save_stock_checkpoint(export_state_dict(model), ckpt, out)
-    stock, out_config = stock_config(cfg, stock_model, out, out_config)
-    stock.dump(out_config)
-    return out, out_config
+    library = 'mmseg'
+    api = 'mmseg.apis.init_model'
+
+    def stock_model(self, cfg, model) -> dict:
+        return stock_model_cfg(cfg.model.to_dict(), model)
+
+    def state_dict(self, model) -> Dict[str, torch.Tensor]:
+        return export_state_dict(model)

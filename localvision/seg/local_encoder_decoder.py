@@ -12,6 +12,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import add_prefix
 
 from localvision.errors import InputError
+from localvision.seg.export import MmsegExport
 from localvision.models.local_model import LocalLearningModel, TaskHead
 from localvision.structures.local_context import LocalContext
 
@@ -52,6 +53,7 @@ class LocalEncoderDecoder(LocalLearningModel, EncoderDecoder):
     """
 
     greedy_objective = dict(type='SegGreedy')
+    stock_export = MmsegExport
 
     def __init__(self, backbone: dict, decode_head: dict, neck: Optional[dict] = None,
                  auxiliary_head: Union[dict, List[dict], None] = None, train_cfg: Optional[dict] = None,

@@ -120,12 +120,17 @@ def use_resumable_epoch_loop(cfg: Config) -> None:
 
 def _is_local_model(cfg: Config) -> bool:
     """Whether ``cfg.model`` builds a localvision task model (looked up in the config's scope)."""
+    return local_model_class(cfg) is not None
+
+
+def local_model_class(cfg: Config) -> Optional[type]:
+    """The localvision task model class ``cfg.model`` builds (looked up in the config's scope), or
+    ``None`` where it builds something else."""
     from mmengine.registry import MODELS
 
     from localvision.models.local_model import LocalLearningModel
-    model_type = cfg.get('model', {}).get('type')
-    if not isinstance(model_type, str):
-        return isinstance(model_type, type) and issubclass(model_type, LocalLearningModel)
-    with MODELS.switch_scope_and_registry(cfg.get('default_scope', 'localvision')) as registry:
-        cls = registry.get(model_type)
-    return isinstance(cls, type) and issubclass(cls, LocalLearningModel)
+    model_type = (cfg.get('model') or {}).get('type')
+    if isinstance(model_type, str):
+        with MODELS.switch_scope_and_registry(cfg.get('default_scope', 'localvision')) as registry:
+            model_type = registry.get(model_type)
+    return model_type if isinstance(model_type, type) and issubclass(model_type, LocalLearningModel) else None

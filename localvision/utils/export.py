@@ -1,14 +1,141 @@
-"""What every task's export to stock timm / OpenMMLab shares: the checkpoint file, the stock
-config, and the check that stock timm can build the backbone."""
+"""Export of a trained local-learning model to stock timm / OpenMMLab: one procedure for every
+task (:func:`export`), and what every task's adapter (:class:`StockExport`) shares: the checkpoint
+file, the stock config, the renaming of the timm backbone's weights, and the check that stock timm
+can build the backbone.
+
+A task model names its adapter in ``stock_export`` (``LocalImageClassifier``: timm,
+``LocalEncoderDecoder``: mmseg, the detectors: mmdet); :func:`export` finds it from the config's
+model type in the registries, so a new task model exports as soon as it names one.
+"""
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional, Tuple
+import re
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn as nn
 from mmengine.config import Config
 
 from localvision.errors import InputError
+
+TIMM_PREFIX = 'backbone.model.'  # the trained timm model inside the task model's backbone
+DROPPED_PREFIXES = ('objectives.', 'data_preprocessor.')  # auxiliary nets; the preprocessor has no weights
+
+
+class StockExport:
+    """What one task's export supplies; :func:`export` runs the steps every task shares.
+
+    Attributes:
+        library: the stock library the model is exported to (``'timm'``, ``'mmseg'``, ``'mmdet'``).
+        api: the stock call that loads an exported config and checkpoint (OpenMMLab tasks).
+    """
+
+    library = ''
+    api = ''
+
+    def stock_model(self, cfg: Config, model: nn.Module) -> Any:
+        """The stock model of the same network (a config dict, or timm's arguments); raises
+        :class:`InputError` for what stock ``library`` cannot express. Runs before loading."""
+        raise NotImplementedError
+
+    def state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        """The trained weights under the stock model's names; auxiliary nets dropped."""
+        raise NotImplementedError
+
+    def stock_cfg(self, stock: Config, model: nn.Module, meta: dict) -> None:
+        """Task edits of the stock config (``stock_config``'s result) before it is written."""
+
+    def write_config(self, cfg: Config, model: nn.Module, stock_model: Any, meta: dict, out: str,
+                     out_config: Optional[str]) -> str:
+        """Write the stock config next to ``out``; returns its path."""
+        stock, out_config = stock_config(cfg, stock_model, out, out_config)
+        self.stock_cfg(stock, model, meta)
+        stock.dump(out_config)
+        return out_config
+
+    def stock_call(self, out: str, out_config: str) -> str:
+        """The stock call that loads the export, e.g. ``mmseg.apis.init_model(...)``."""
+        return f'{self.api}({out_config!r}, {out!r})'
+
+
+def check_no_context(model: nn.Module, state: Dict[str, Any], library: str) -> None:
+    """Refuse a model with a context supply (in the config or in the checkpoint's keys): its
+    context path feeds every module after the first at inference too, which no stock model has."""
+    if getattr(model, 'context', None) is not None or any(k.startswith('context.') for k in state):
+        raise InputError(f'the model has a context supply (model.context, ContSup): its context path feeds every '
+                         f'module after the first at inference too, which a stock {library} model has no place for, '
+                         f'so it cannot be exported to {library}; export a model trained without model.context, or '
+                         'evaluate this one with tools/test.py')
+
+
+def stock_state_dict(model: nn.Module, backbone_key: Callable[[str], Optional[str]]) -> Dict[str, torch.Tensor]:
+    """``model``'s weights with the auxiliary nets dropped and the timm backbone's renamed:
+    ``backbone_key(timm key)`` is the stock key (``None``: not in the stock model); other keys stay."""
+    out: Dict[str, torch.Tensor] = OrderedDict()
+    for k, v in model.state_dict().items():
+        if k.startswith(DROPPED_PREFIXES):
+            continue
+        if k.startswith(TIMM_PREFIX):
+            k = backbone_key(k[len(TIMM_PREFIX):])
+            if k is None:
+                continue
+        out[k] = v.detach().clone()
+    return out
+
+
+def read_checkpoint(checkpoint: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """The checkpoint and its state dict (a ``module.`` prefix of a wrapped model removed, as
+    mmengine's ``load_checkpoint`` does)."""
+    from mmengine.runner import CheckpointLoader
+
+    from localvision.utils import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    metadata = getattr(state, '_metadata', OrderedDict())
+    state = OrderedDict((re.sub(r'^module\.', '', k), v) for k, v in state.items())
+    state._metadata = metadata
+    return ckpt, state
+
+
+def load_trained(model: nn.Module, state: Dict[str, torch.Tensor], checkpoint: str) -> None:
+    """Load ``state`` (of ``checkpoint``) into ``model`` strictly; a mismatch is one error."""
+    from mmengine.runner import load_state_dict
+    try:
+        load_state_dict(model, state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines()
+                 if ln.strip() and not ln.startswith('The model and loaded state dict')]
+        raise InputError(f'checkpoint {checkpoint} does not fit the config\'s model ({"; ".join(lines)[:300]}): '
+                         'export it with the config it was trained with') from None
+
+
+def export(cfg: Config, checkpoint: str, out: str, out_config: Optional[str] = None) -> Tuple[str, str, str]:
+    """Build the task model of ``cfg``, load ``checkpoint``, write the stock checkpoint ``out`` and
+    its config (default: next to ``out``). Returns ``(out, out_config, the stock call)``."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    from localvision.utils.config import local_model_class
+    name = (cfg.get('model') or {}).get('type')
+    model_cls = local_model_class(cfg)
+    exporter = getattr(model_cls, 'stock_export', None)
+    if exporter is None:
+        raise InputError(f'model.type={name!r} (default_scope={cfg.get("default_scope")!r}) is not a localvision task '
+                         'model with an export to a stock library')
+    exporter = exporter()
+    scope = cfg.get('default_scope', 'localvision')
+    init_default_scope(scope)
+    with MODELS.switch_scope_and_registry(scope) as registry:
+        model = registry.build(cfg.model)
+    ckpt, state = read_checkpoint(checkpoint)
+    check_no_context(model, state, exporter.library)
+    stock_model = exporter.stock_model(cfg, model)  # refuses what stock cannot express
+    load_trained(model, state, checkpoint)
+    meta = save_stock_checkpoint(exporter.state_dict(model), ckpt, out)
+    out_config = exporter.write_config(cfg, model, stock_model, meta, out, out_config)
+    return out, out_config, exporter.stock_call(out, out_config)
 
 
 def check_stock_timm_model(model_name: str, library: str) -> None:

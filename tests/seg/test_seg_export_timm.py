@@ -64,11 +64,11 @@ def test_a_level_no_timm_extractor_gives_is_refused_in_one_line():
 
 @pytest.mark.slow
 def test_an_exported_convnext_runs_in_stock_mmseg_without_localvision(tmp_path):
-    from localvision.seg.export import export
+    from localvision.utils.export import export
     from mmengine.config import Config
     cfg_dict, local = local_uper('convnext_atto', {})
     cfg = Config(dict(model=cfg_dict, default_scope='mmseg'))
     ckpt = str(tmp_path / 'local.pth')
     torch.save(dict(state_dict=local.state_dict(), meta={}), ckpt)
-    out, stock_cfg = export(cfg, ckpt, str(tmp_path / 'stock.pth'))
+    out, stock_cfg, _ = export(cfg, ckpt, str(tmp_path / 'stock.pth'))
     assert_stock_mmseg_predicts_the_same(local, stock_cfg, out, 'TIMMBackbone', SIZE, tmp_path)

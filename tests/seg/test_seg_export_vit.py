@@ -71,12 +71,12 @@ def assert_stock_mmseg_predicts_the_same(local, stock_cfg: str, ckpt: str, backb
 
 
 def test_vit_upernet_exports_to_stock_mmseg_vision_transformer(tmp_path):
-    from localvision.seg.export import export
+    from localvision.utils.export import export
     cfg = small_vit_cfg()
     local = build_local(cfg)
     ckpt = str(tmp_path / 'local.pth')
     torch.save(dict(state_dict=local.state_dict(), meta={}), ckpt)
-    out, stock_cfg = export(cfg, ckpt, str(tmp_path / 'stock.pth'))
+    out, stock_cfg, _ = export(cfg, ckpt, str(tmp_path / 'stock.pth'))
     stock = Config.fromfile(stock_cfg)
     assert stock.model.backbone.type == 'VisionTransformer' and stock.model.backbone.out_indices == (0, 1, 2, 3)
 
