@@ -184,16 +184,18 @@ def _is_current(root: Path, params: dict, version: int = GENERATOR_VERSION) -> b
 
 
 def generate_set(root: Union[str, os.PathLike], params: dict, version: int, write: Callable[[Path], None],
-                 what: str) -> Path:
+                 what: str, overwrite: bool = False) -> Path:
     """Generate (or reuse) a set under ``root`` with ``write(folder)``, which writes the files and a
-    ``meta.json`` holding ``version`` and ``params``.
+    ``meta.json`` holding ``version`` and ``params``. Every generator of localvision writes through
+    this function.
 
-    Nothing is done when ``root/meta.json`` records the same ``version`` and ``params``. The set is
-    written to a temporary sibling folder and renamed into place, so ``root`` never holds a
-    half-written set; an existing ``root`` that is not a generated set is never overwritten.
+    Nothing is done when ``root/meta.json`` records the same ``version`` and ``params`` (unless
+    ``overwrite``). The set is written to a temporary sibling folder and renamed into place, so
+    ``root`` never holds a half-written set; an existing ``root`` that is not a generated set (a
+    non-empty folder without ``meta.json``) is never overwritten: :class:`FileExistsError`.
     """
     root = Path(root)
-    if _is_current(root, params, version):
+    if not overwrite and _is_current(root, params, version):
         return root
     if root.exists() and (not root.is_dir() or (any(root.iterdir()) and _read_meta(root) is None)):
         raise FileExistsError(f'{root} exists and is not a generated {what} set (no meta.json); '

@@ -19,15 +19,13 @@ files whatever the order of generation. Only numpy and PIL are used (no download
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
+from .synthetic import generate_set
 from .synthetic_seg import _background, _object_mask
 
 __all__ = ['DET_CLASSES', 'DET_PALETTE', 'DEMO_DET_DIRNAME', 'DEMO_DET_COMMAND', 'make_shapes_detection',
@@ -88,11 +86,13 @@ def _sample_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), _SPLITS[split], int(index), GENERATOR_VERSION, 7])
 
 
-def write_coco_set(root: Union[str, Path], meta: dict, classes: Sequence[str], num_train: int, num_val: int,
+def write_coco_set(root: Union[str, Path], generator: str, classes: Sequence[str], num_train: int, num_val: int,
                    image_size: int, seed: int, render: Callable, description: str, version: int,
                    overwrite: bool = False) -> Path:
     """Write a generated COCO set to ``root`` (``images/{split}/``, ``annotations/instances_{split}.json``,
-    ``meta.json``) atomically; kept as it is when its ``meta.json`` equals ``meta`` (unless ``overwrite``).
+    ``meta.json``) through :func:`~localvision.datasets.synthetic.generate_set`: atomically, kept as
+    it is when made with the same arguments (unless ``overwrite``), never over a folder that is not
+    a generated set.
 
     ``render(rng, image_size) -> (image, annotations)``, each annotation a dict from ``category_id``
     on (``bbox``, ``area``, ...); every image is drawn from its own seed ``(seed, split, index)``.
@@ -101,54 +101,40 @@ def write_coco_set(root: Union[str, Path], meta: dict, classes: Sequence[str], n
         raise ValueError(f'image_size={image_size} is too small; use at least 32')
     if num_train < 1 or num_val < 1:
         raise ValueError('num_train and num_val must be at least 1')
-    root = Path(root)
-    meta_path = root / 'meta.json'
-    if meta_path.is_file() and not overwrite:
-        try:
-            if json.loads(meta_path.read_text()) == meta:
-                return root
-        except ValueError:
-            pass
-    tmp = root.parent / f'.{root.name}.tmp-{uuid.uuid4().hex[:8]}'
+    params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
     categories = [dict(id=i + 1, name=n, supercategory='shape') for i, n in enumerate(classes)]
-    try:
-        (tmp / 'annotations').mkdir(parents=True)
+
+    def write(out: Path) -> None:
+        (out / 'annotations').mkdir(parents=True)
         for split, n in (('train', num_train), ('val', num_val)):
-            (tmp / 'images' / split).mkdir(parents=True)
+            (out / 'images' / split).mkdir(parents=True)
             images, anns = [], []
             for i in range(n):
                 rng = np.random.default_rng(_sample_seed(seed, split, i))
                 img, objects = render(rng, image_size)
                 name = f'{i:05d}.png'
-                Image.fromarray(img).save(tmp / 'images' / split / name)
+                Image.fromarray(img).save(out / 'images' / split / name)
                 images.append(dict(id=i + 1, file_name=name, width=image_size, height=image_size))
                 for ann in objects:
                     anns.append(dict(id=len(anns) + 1, image_id=i + 1, **ann))
             coco = dict(info=dict(description=f'{description} ({split})', version=version),
                         images=images, annotations=anns, categories=categories)
-            (tmp / 'annotations' / f'instances_{split}.json').write_text(json.dumps(coco))
-        (tmp / 'meta.json').write_text(json.dumps(meta, indent=2))
-        if root.exists():
-            shutil.rmtree(root)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+            (out / 'annotations' / f'instances_{split}.json').write_text(json.dumps(coco))
+        meta = dict(generator=generator, version=version, params=params, classes=list(classes))
+        (out / 'meta.json').write_text(json.dumps(meta, indent=2) + '\n')
+    return generate_set(root, params, version, write, description, overwrite)
 
 
 def make_shapes_detection(root: Union[str, Path], num_train: int = 800, num_val: int = 200, image_size: int = 128,
                           seed: int = 0, overwrite: bool = False) -> Path:
     """Write the set to ``root`` (COCO layout, see the module doc) and return ``root``.
 
-    An existing set made with the same arguments is kept as it is (unless ``overwrite``).
+    An existing set made with the same arguments is kept as it is (unless ``overwrite``); a non-empty
+    folder that is not a generated set is refused (``FileExistsError``), never overwritten.
     """
     def render(rng: np.random.Generator, size: int):
         img, objects = render_det_sample(rng, size)
         return img, [dict(category_id=cls + 1, bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0)
                      for cls, (x1, y1, x2, y2) in objects]
-    meta = dict(generator='shapes_detection', version=GENERATOR_VERSION, classes=list(DET_CLASSES),
-                num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-    return write_coco_set(root, meta, DET_CLASSES, num_train, num_val, image_size, seed, render,
+    return write_coco_set(root, 'shapes_detection', DET_CLASSES, num_train, num_val, image_size, seed, render,
                           'localvision shapes detection', GENERATOR_VERSION, overwrite)

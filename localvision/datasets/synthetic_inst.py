@@ -102,13 +102,12 @@ def make_shapes_instances(root: Union[str, Path], num_train: int = 800, num_val:
                           seed: int = 0, overwrite: bool = False) -> Path:
     """Write the set to ``root`` (COCO layout, see the module doc) and return ``root``.
 
-    An existing set made with the same arguments is kept as it is (unless ``overwrite``).
+    An existing set made with the same arguments is kept as it is (unless ``overwrite``); a non-empty
+    folder that is not a generated set is refused (``FileExistsError``), never overwritten.
     """
     def render(rng: np.random.Generator, size: int):
         img, objects = render_inst_sample(rng, size)
         return img, [dict(category_id=cls + 1, bbox=[x1, y1, x2 - x1, y2 - y1], area=area, segmentation=polys,
                           iscrowd=0) for cls, (x1, y1, x2, y2), polys, area in objects]
-    meta = dict(generator='shapes_instances', version=GENERATOR_VERSION, classes=list(INST_CLASSES),
-                num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-    return write_coco_set(root, meta, INST_CLASSES, num_train, num_val, image_size, seed, render,
+    return write_coco_set(root, 'shapes_instances', INST_CLASSES, num_train, num_val, image_size, seed, render,
                           'localvision shapes instances', GENERATOR_VERSION, overwrite)

@@ -18,14 +18,13 @@ files whatever the order of generation. Only numpy and PIL are used.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
 from PIL import Image
+
+from .synthetic import generate_set
 
 __all__ = ['SEG_CLASSES', 'SEG_PALETTE', 'DEMO_SEG_DIRNAME', 'DEMO_SEG_COMMAND', 'make_shapes_segmentation',
            'render_seg_sample']
@@ -102,38 +101,25 @@ def make_shapes_segmentation(root: Union[str, Path], num_train: int = 400, num_v
                              seed: int = 0, overwrite: bool = False) -> Path:
     """Write the set to ``root`` (mmseg img_dir/ann_dir layout) and return ``root``.
 
-    An existing set made with the same arguments is kept as it is (unless ``overwrite``).
+    An existing set made with the same arguments is kept as it is (unless ``overwrite``); a non-empty
+    folder that is not a generated set is refused (``FileExistsError``), never overwritten.
     """
     if image_size < 16:
         raise ValueError(f'image_size={image_size} is too small; use at least 16')
     if num_train < 1 or num_val < 1:
         raise ValueError('num_train and num_val must be at least 1')
-    root = Path(root)
-    meta = dict(generator='shapes_segmentation', version=GENERATOR_VERSION, classes=list(SEG_CLASSES),
-                palette=SEG_PALETTE, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-    meta_path = root / 'meta.json'
-    if meta_path.is_file() and not overwrite:
-        try:
-            if json.loads(meta_path.read_text()) == meta:
-                return root
-        except ValueError:
-            pass
-    tmp = root.parent / f'.{root.name}.tmp-{uuid.uuid4().hex[:8]}'
-    try:
+    params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+
+    def write(out: Path) -> None:
         for split, n in (('train', num_train), ('val', num_val)):
-            (tmp / 'img_dir' / split).mkdir(parents=True)
-            (tmp / 'ann_dir' / split).mkdir(parents=True)
+            (out / 'img_dir' / split).mkdir(parents=True)
+            (out / 'ann_dir' / split).mkdir(parents=True)
             for i in range(n):
                 rng = np.random.default_rng(_sample_seed(seed, split, i))
                 img, label = render_seg_sample(rng, image_size)
-                Image.fromarray(img).save(tmp / 'img_dir' / split / f'{i:05d}.png')
-                Image.fromarray(label, mode='L').save(tmp / 'ann_dir' / split / f'{i:05d}.png')
-        (tmp / 'meta.json').write_text(json.dumps(meta, indent=2))
-        if root.exists():
-            shutil.rmtree(root)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+                Image.fromarray(img).save(out / 'img_dir' / split / f'{i:05d}.png')
+                Image.fromarray(label, mode='L').save(out / 'ann_dir' / split / f'{i:05d}.png')
+        meta = dict(generator='shapes_segmentation', version=GENERATOR_VERSION, params=params,
+                    classes=list(SEG_CLASSES), palette=SEG_PALETTE)
+        (out / 'meta.json').write_text(json.dumps(meta, indent=2) + '\n')
+    return generate_set(root, params, GENERATOR_VERSION, write, 'localvision shapes segmentation', overwrite)

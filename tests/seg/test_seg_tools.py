@@ -49,7 +49,7 @@ def test_generator_is_reproducible_and_in_mmseg_layout(tmp_path):
     labels = np.concatenate([np.asarray(Image.open(p)).ravel() for p in sorted((a / 'ann_dir/train').iterdir())])
     assert labels.max() < len(SEG_CLASSES) and len(np.unique(labels)) >= 3
     assert np.asarray(Image.open(a / 'img_dir/train/00000.png')).shape == (32, 32, 3)
-    assert json.loads((a / 'meta.json').read_text())['seed'] == 5
+    assert json.loads((a / 'meta.json').read_text())['params']['seed'] == 5
 
 
 # the demo's CIFAR ResNet is added to timm by localvision, so stock mmseg cannot build it: export
