@@ -13,10 +13,11 @@ import _stack_check  # noqa: F401  (first: one clear line without the stack)
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
+from mmengine.model import is_model_wrapper  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from localvision.errors import InputError  # noqa: E402
-from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
+from localvision.utils import allow_mmengine_checkpoints, check_checkpoint, check_fits, read_state_dict  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
 from localvision.utils.data_check import check_data  # noqa: E402
 from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
@@ -49,6 +50,8 @@ def main(argv=None):
         cfg.load_from = args.checkpoint
         cfg.resume = False
         runner = Runner.from_cfg(cfg)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        check_fits(model, read_state_dict(args.checkpoint)[1], args.checkpoint)
         metrics = runner.test()
     except InputError as e:
         raise SystemExit(f'error: {e}') from None

@@ -13,11 +13,12 @@ import _stack_check  # noqa: F401  (first: one clear line without the stack)
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout too
 
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.model import is_model_wrapper  # noqa: E402
+from mmengine.runner import Runner, find_latest_checkpoint  # noqa: E402
 
 from localvision.engine.interrupt import StopAtIterationHook, StopOnSignal, TrainingInterrupted  # noqa: E402
 from localvision.errors import InputError  # noqa: E402
-from localvision.utils import allow_mmengine_checkpoints, check_checkpoint  # noqa: E402
+from localvision.utils import allow_mmengine_checkpoints, check_checkpoint, check_fits, read_state_dict  # noqa: E402
 from localvision.utils.config import check_param_schedulers, load_config  # noqa: E402
 from localvision.utils.data_check import check_data  # noqa: E402
 from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
@@ -82,6 +83,17 @@ def stopped(runner, done: int, why: str) -> None:
     raise SystemExit(130)
 
 
+def check_resume_fits(runner, cfg: Config) -> None:
+    """A resumed run continues every weight, the auxiliary nets included: the checkpoint it resumes
+    (``--resume CKPT``, or the latest in the work dir) must fit the config's model exactly."""
+    if not cfg.get('resume'):
+        return
+    path = cfg.get('load_from') or find_latest_checkpoint(runner.work_dir)
+    if path:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        check_fits(model, read_state_dict(path)[1], path, ignore=())
+
+
 def train(cfg: Config):
     """Build the runner from ``cfg`` and train; bad input ends in one ``error:`` line."""
     runner = None
@@ -99,6 +111,7 @@ def train(cfg: Config):
                 runner = RUNNERS.build(cfg)
             else:
                 runner = Runner.from_cfg(cfg)
+            check_resume_fits(runner, cfg)
             runner.register_hook(StopAtIterationHook(signals))
             # data sets are built (and checked) when training starts
             runner.train()

@@ -12,7 +12,9 @@ unpickler gets :func:`history_buffer_getattr`, which resolves only those methods
 from __future__ import annotations
 
 import pickle
-from typing import List
+import re
+from collections import OrderedDict
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -65,3 +67,42 @@ def check_checkpoint(path: str) -> None:
                            f'{type(e).__name__}: {msg}') from None
     if not isinstance(ckpt, dict):
         raise InputError(f'checkpoint {path} holds a {type(ckpt).__name__}, not a state dict')
+
+
+#: state-dict prefixes of the auxiliary nets of local learning: trained, saved, never read by a prediction
+TRAINING_ONLY = ('objectives.',)
+
+
+def read_state_dict(path: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """The checkpoint at ``path`` and its state dict (a ``module.`` prefix of a wrapped model
+    removed, as mmengine's ``load_checkpoint`` does)."""
+    from mmengine.runner import CheckpointLoader
+    allow_mmengine_checkpoints()
+    ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    metadata = getattr(state, '_metadata', OrderedDict())
+    state = OrderedDict((re.sub(r'^module\.', '', k), v) for k, v in state.items())
+    state._metadata = metadata
+    return ckpt, state
+
+
+def check_fits(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str,
+               ignore: Tuple[str, ...] = TRAINING_ONLY) -> None:
+    """Raise :class:`InputError` unless ``state`` holds every weight of ``model`` under its name and
+    shape, and nothing else; keys starting with ``ignore`` aside (by default the auxiliary nets,
+    which no prediction reads: an end-to-end checkpoint tests under its local-learning config and
+    back; a resumed run passes ``()``). mmengine loads what it can and warns; training or
+    predicting with half-loaded weights would be a silently wrong run."""
+    from localvision.errors import InputError
+    ignore = tuple(ignore)
+    own = {k: v for k, v in model.state_dict().items() if not (ignore and k.startswith(ignore))}
+    theirs = {k: v for k, v in state.items() if not (ignore and k.startswith(ignore))}
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    shaped = [k for k in own if k in theirs and tuple(own[k].shape) != tuple(getattr(theirs[k], 'shape', ()))]
+    parts = [f'{len(keys)} {what} (e.g. {keys[0]})' for keys, what in (
+        (missing, 'weights of the model missing'), (unexpected, 'weights the model lacks'),
+        (shaped, 'weights of another shape')) if keys]
+    if parts:
+        raise InputError(f'checkpoint {path} does not fit the model of the config: {", ".join(parts)}; use the '
+                         'config it was trained with')

@@ -10,7 +10,6 @@ model type in the registries, so a new task model exports as soon as it names on
 from __future__ import annotations
 
 import copy
-import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -85,38 +84,13 @@ def stock_state_dict(model: nn.Module, backbone_key: Callable[[str], Optional[st
     return out
 
 
-def read_checkpoint(checkpoint: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
-    """The checkpoint and its state dict (a ``module.`` prefix of a wrapped model removed, as
-    mmengine's ``load_checkpoint`` does)."""
-    from mmengine.runner import CheckpointLoader
-
-    from localvision.utils import allow_mmengine_checkpoints
-    allow_mmengine_checkpoints()
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
-    metadata = getattr(state, '_metadata', OrderedDict())
-    state = OrderedDict((re.sub(r'^module\.', '', k), v) for k, v in state.items())
-    state._metadata = metadata
-    return ckpt, state
-
-
-def load_trained(model: nn.Module, state: Dict[str, torch.Tensor], checkpoint: str) -> None:
-    """Load ``state`` (of ``checkpoint``) into ``model`` strictly; a mismatch is one error."""
-    from mmengine.runner import load_state_dict
-    try:
-        load_state_dict(model, state, strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines()
-                 if ln.strip() and not ln.startswith('The model and loaded state dict')]
-        raise InputError(f'checkpoint {checkpoint} does not fit the config\'s model ({"; ".join(lines)[:300]}): '
-                         'export it with the config it was trained with') from None
-
-
 def export(cfg: Config, checkpoint: str, out: str, out_config: Optional[str] = None) -> Tuple[str, str, str]:
     """Build the task model of ``cfg``, load ``checkpoint``, write the stock checkpoint ``out`` and
     its config (default: next to ``out``). Returns ``(out, out_config, the stock call)``."""
     from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import load_state_dict
 
+    from localvision.utils.checkpoint import check_fits, read_state_dict
     from localvision.utils.config import local_model_class
     name = (cfg.get('model') or {}).get('type')
     model_cls = local_model_class(cfg)
@@ -129,10 +103,11 @@ def export(cfg: Config, checkpoint: str, out: str, out_config: Optional[str] = N
     init_default_scope(scope)
     with MODELS.switch_scope_and_registry(scope) as registry:
         model = registry.build(cfg.model)
-    ckpt, state = read_checkpoint(checkpoint)
+    ckpt, state = read_state_dict(checkpoint)
     check_no_context(model, state, exporter.library)
     stock_model = exporter.stock_model(cfg, model)  # refuses what stock cannot express
-    load_trained(model, state, checkpoint)
+    check_fits(model, state, checkpoint)
+    load_state_dict(model, state, strict=False)  # the auxiliary nets may be absent: they are not exported
     meta = save_stock_checkpoint(exporter.state_dict(model), ckpt, out)
     out_config = exporter.write_config(cfg, model, stock_model, meta, out, out_config)
     return out, out_config, exporter.stock_call(out, out_config)

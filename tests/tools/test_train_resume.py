@@ -64,6 +64,26 @@ def test_train_then_resume_continues_from_saved_iteration_and_optimizer(tiny_cls
     assert 0.0 <= metrics['accuracy/top1'] <= 100.0
 
 
+def test_a_checkpoint_of_another_model_is_one_error_line_in_test_and_resume(tiny_cls_root, tmp_path):
+    """mmengine loads what fits and warns; tools/test.py and --resume refuse instead. The auxiliary
+    nets aside, a checkpoint tests under another objective or K (here K=1, no auxiliary nets)."""
+    work = str(tmp_path / 'work')
+    train_tool.main([CONFIG, '--work-dir', work] + tiny_options(tiny_cls_root, 1))
+    ckpt = osp.join(work, 'epoch_1.pth')
+    deeper = ['model.backbone.model_name=cifar_resnet32']
+    e2e = ['model.split.cuts=None', 'model.split.num_modules=1']
+    with pytest.raises(SystemExit, match=r'^error: checkpoint .*epoch_1.pth does not fit the model of the config: '
+                                         r'72 weights of the model missing \(e.g. backbone.model.layer1.3.conv1.weight\); '
+                                         r'use the config it was trained with$'):
+        test_tool.main([CONFIG, ckpt, '--work-dir', work] + tiny_options(tiny_cls_root, 1) + deeper)
+    metrics = test_tool.main([CONFIG, ckpt, '--work-dir', work] + tiny_options(tiny_cls_root, 1) + e2e)
+    assert 0.0 <= metrics['accuracy/top1'] <= 100.0
+    for options in (deeper, e2e):  # a resumed run continues the auxiliary nets too
+        with pytest.raises(SystemExit, match=r'^error: checkpoint .*epoch_1.pth does not fit the model of the config'):
+            train_tool.main([CONFIG, '--work-dir', str(tmp_path / 'other'), '--resume', ckpt]
+                            + tiny_options(tiny_cls_root, 2) + options)
+
+
 def test_checkpoints_need_exactly_the_allow_list_and_plain_torch_load_refuses_them(tiny_cls_root, tmp_path):
     """Checked in clean processes: the bug is real on the pinned torch, and the allow-list covers
     every global an mmengine checkpoint refers to."""
