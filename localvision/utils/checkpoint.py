@@ -93,9 +93,15 @@ def check_fits(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str
     which no prediction reads: an end-to-end checkpoint tests under its local-learning config and
     back; a resumed run passes ``()``). mmengine loads what it can and warns; training or
     predicting with half-loaded weights would be a silently wrong run."""
+    check_state_fits(model.state_dict(), state, path, ignore)
+
+
+def check_state_fits(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], path: str,
+                     ignore: Tuple[str, ...] = ()) -> None:
+    """:func:`check_fits` on the expected state dict ``own`` (e.g. one module-parallel stage's)."""
     from localvision.errors import InputError
     ignore = tuple(ignore)
-    own = {k: v for k, v in model.state_dict().items() if not (ignore and k.startswith(ignore))}
+    own = {k: v for k, v in own.items() if not (ignore and k.startswith(ignore))}
     theirs = {k: v for k, v in state.items() if not (ignore and k.startswith(ignore))}
     missing = [k for k in own if k not in theirs]
     unexpected = [k for k in theirs if k not in own]

@@ -9,12 +9,13 @@ tools/test.py evaluates.
 import json
 import os
 import os.path as osp
+import re
 import sys
 
 import pytest
 import torch
 
-from pipeline_helpers import ROOT, load_state, spawn, write_config
+from pipeline_helpers import ROOT, load_state, spawn, torchrun, write_config
 
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402  (tools/test.py)
@@ -134,3 +135,21 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path, resume_at):
     else:
         assert kept == []
         assert record['accuracy/top1'][0]['path'] == osp.join(work, 'best_accuracy_top1_iter_4.pth')
+
+
+def test_resuming_a_checkpoint_of_another_model_is_one_error_line(uninterrupted, tmp_path):
+    """The same K and cuts, another number of classes: a stage whose weights do not fit stops the
+    run before training, with one line."""
+    cfg, work = uninterrupted
+    manifest = osp.join(work, 'pipeline_ckpt', 'iter_2', 'manifest.json')
+    r = torchrun(cfg, 2, '--work-dir', str(tmp_path / 'b'), '--resume', manifest,
+                 '--cfg-options', 'model.head.num_classes=5', timeout=180)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith('error:')]
+    folder = osp.join(work, 'pipeline_ckpt', 'iter_2')
+    assert len(errors) == 1 and re.fullmatch(  # the auxiliary classifier of module 0 and the head differ
+        rf'error: stage \d .* failed: InputError: checkpoint {re.escape(folder)}/stage\d.pth does not fit the model of '
+        r'the config: 2 weights of another shape \(e.g. (objectives.0.head.fc2|head.fc).weight\); use the config it '
+        r'was trained with', errors[0]), out[-3000:]
+    assert not os.path.exists(tmp_path / 'b' / 'pipeline_ckpt' / 'iter_4')

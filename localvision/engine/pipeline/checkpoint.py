@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from localvision.errors import InputError, MissingDataError
 from localvision.utils.atomic_io import AtomicLocalBackend
+from localvision.utils.checkpoint import check_state_fits
 
 from .data import gather_rng_states
 from .stage import owned_state
@@ -239,12 +240,11 @@ class StageCheckpointer:
             write_manifest(folder, manifest, self.work_dir)
             prune(self.work_dir, self.max_keep_ckpts)
 
-    def restore(self, state: Dict[str, Any]) -> None:
-        """Load this stage's file (:func:`load_for_resume`) into the model, optimizer and schedulers."""
-        stage, keys = self.topo.stage, set(self.keys)
-        missing = [k for k, o in self.key_owner.items() if o == stage and k in keys and k not in state['state_dict']]
-        if missing:
-            raise InputError(f'the checkpoint of stage {stage} misses {missing[:3]}')
+    def restore(self, state: Dict[str, Any], path: str = '') -> None:
+        """Load this stage's file (:func:`load_for_resume`, read from ``path``) into the model,
+        optimizer and schedulers; a file of another model is one error."""
+        own = owned_state(self.model, self.key_owner, self.topo.stage)
+        check_state_fits(own, state['state_dict'], path or f'of stage {self.topo.stage}')
         self.model.load_state_dict(state['state_dict'], strict=False)
         self.optim_wrapper.load_state_dict(state['optimizer'])
         for s, sd in zip(self.schedulers, state.get('param_schedulers', [])):

@@ -198,7 +198,8 @@ class PipelineRunner:
             keys=all_keys, cfg_text=getattr(cfg, 'pretty_text', None),
             max_keep_ckpts=hook_cfg(cfg, 'checkpoint').get('max_keep_ckpts', -1))
         if resume_state is not None:
-            self.checkpointer.restore(resume_state)
+            self.checkpointer.restore(resume_state, osp.join(osp.dirname(self.resumed_from),
+                                                             ckpt_io.stage_file(self.stage)))
             rng = saved_rng(resume_state, self.topo.replica)
             if not self.topo.is_first and rng is not None:  # stage 0's was restored with its data position
                 set_rng_state(rng)
