@@ -51,6 +51,7 @@ def test_single_process_launch_is_refused_with_the_command_to_use(tiny_cls_root,
         train_tool.main([cfg, '--work-dir', str(tmp_path / 'work')])
 
 
+@pytest.mark.slow  # starts torchrun's processes
 def test_wrong_number_of_processes_fails_before_start_with_one_line(tiny_cls_root, tmp_path):
     cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root)  # K=4
     r = torchrun(cfg, 2, '--work-dir', str(tmp_path / 'work'), timeout=120)

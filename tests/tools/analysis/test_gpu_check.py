@@ -42,6 +42,7 @@ def test_cls_stack_trains_through_mmpretrain_without_mmseg_and_mmdet(tmp_path):
     assert figures['imports']['localvision.cls']['origin'] == 'repository'
 
 
+@pytest.mark.slow  # a fresh interpreter imports mmcv and mmpretrain
 def test_the_cv2_stub_lets_mmcv_and_mmpretrain_import_and_raises_on_use(tmp_path):
     stubs = tmp_path / 'stubs' / 'cv2'
     stubs.mkdir(parents=True)
