@@ -100,8 +100,7 @@ class TimmExport(StockExport):
         head_linear(model)
         return timm_arguments(model)
 
-    def state_dict(self, model) -> Dict[str, torch.Tensor]:
-        return export_state_dict(model)
+    state_dict = staticmethod(export_state_dict)
 
     def write_config(self, cfg, model, stock_model, meta, out, out_config) -> str:
         name, kwargs = stock_model

@@ -173,8 +173,7 @@ class MmdetExport(StockExport):
     def stock_model(self, cfg, model) -> dict:
         return stock_model_cfg(cfg.model.to_dict(), model)
 
-    def state_dict(self, model) -> Dict[str, torch.Tensor]:
-        return export_state_dict(model)
+    state_dict = staticmethod(export_state_dict)
 
     def stock_cfg(self, stock, model, meta) -> None:
         classes = stock_classes(stock, meta)

@@ -135,5 +135,4 @@ class MmsegExport(StockExport):
     def stock_model(self, cfg, model) -> dict:
         return stock_model_cfg(cfg.model.to_dict(), model)
 
-    def state_dict(self, model) -> Dict[str, torch.Tensor]:
-        return export_state_dict(model)
+    state_dict = staticmethod(export_state_dict)

@@ -10,6 +10,7 @@ model type in the registries, so a new task model exports as soon as it names on
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -23,7 +24,7 @@ TIMM_PREFIX = 'backbone.model.'  # the trained timm model inside the task model'
 DROPPED_PREFIXES = ('objectives.', 'data_preprocessor.')  # auxiliary nets; the preprocessor has no weights
 
 
-class StockExport:
+class StockExport(ABC):
     """What one task's export supplies; :func:`export` runs the steps every task shares.
 
     Attributes:
@@ -34,14 +35,14 @@ class StockExport:
     library = ''
     api = ''
 
+    @abstractmethod
     def stock_model(self, cfg: Config, model: nn.Module) -> Any:
         """The stock model of the same network (a config dict, or timm's arguments); raises
         :class:`InputError` for what stock ``library`` cannot express. Runs before loading."""
-        raise NotImplementedError
 
+    @abstractmethod
     def state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
         """The trained weights under the stock model's names; auxiliary nets dropped."""
-        raise NotImplementedError
 
     def stock_cfg(self, stock: Config, model: nn.Module, meta: dict) -> None:
         """Task edits of the stock config (``stock_config``'s result) before it is written."""
