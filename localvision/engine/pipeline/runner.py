@@ -295,7 +295,9 @@ class PipelineRunner:
                 if self.rank == 0:
                     print(f'error: {e}', file=sys.stderr, flush=True)
                 self._die()
-            self._fail(e, primary_wait=0.0, prefix='error: ')
+            # bad input often fails several stages at once (a checkpoint of another model): one line,
+            # from the first rank to report it (lower ranks first when they fail together)
+            self._fail(e, primary_wait=min(3.0, 0.1 + 0.5 * self.rank), prefix='error: ')
         except BaseException as e:  # noqa: BLE001
             self._fail(e, primary_wait=1.5 if isinstance(e, TransportError) else 0.0)
         self.watchdog.mark_done()
