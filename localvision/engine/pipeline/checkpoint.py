@@ -243,8 +243,8 @@ class StageCheckpointer:
     def restore(self, state: Dict[str, Any], path: str = '') -> None:
         """Load this stage's file (:func:`load_for_resume`, read from ``path``) into the model,
         optimizer and schedulers; a file of another model is one error."""
-        own = owned_state(self.model, self.key_owner, self.topo.stage)
-        check_state_fits(own, state['state_dict'], path or f'of stage {self.topo.stage}')
+        own = {k: v for k, v in self.model.state_dict().items() if self.key_owner.get(k) == self.topo.stage}
+        check_state_fits(own, state['state_dict'], path or f'of stage {self.topo.stage}')  # names and shapes only
         self.model.load_state_dict(state['state_dict'], strict=False)
         self.optim_wrapper.load_state_dict(state['optimizer'])
         for s, sd in zip(self.schedulers, state.get('param_schedulers', [])):
