@@ -6,6 +6,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow  # a fresh interpreter imports the package and registers every module
 def test_import_localvision_pulls_in_no_task_library():
     code = ('import sys, localvision, localvision.models, localvision.datasets, localvision.engine\n'
             'from localvision.utils.setup_env import register_all_modules\nregister_all_modules()\n'

@@ -24,6 +24,7 @@ def blocked_env(tmp_path, names) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([block, ROOT]), OMP_NUM_THREADS='1')
 
 
+@pytest.mark.slow  # a fresh interpreter imports mmcv and mmpretrain and trains a step
 def test_cls_stack_trains_through_mmpretrain_without_mmseg_and_mmdet(tmp_path):
     """The classification stack part: a K=2 LocalImageClassifier built through mmpretrain's MODELS
     trains a step on mmpretrain DataSamples where neither mmseg nor mmdet can be imported."""
