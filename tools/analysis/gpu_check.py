@@ -636,8 +636,7 @@ class Check:
         if not self.importable('pytest'):
             raise PartSkipped('pytest is not importable (its wheel was not installed)')
         junit = osp.join(self.out, junit_name)
-        argv = [self.python, '-m', 'pytest', '-m', marks, '-p', 'no:cacheprovider', '-q', '-rA',
-                '--continue-on-collection-errors', f'--junitxml={junit}', *files]
+        argv = pytest_argv(self.python, marks, junit, files)
         try:
             self.run_process(argv, timeout)
             error = None
@@ -655,7 +654,9 @@ class Check:
         if counts['failed'] or counts['error']:
             bad = [f"{t['name']}: {t['message']}" for t in tests if t['outcome'] in ('failed', 'error')]
             where = ['\n'.join(t['traceback'].splitlines()[-15:]) for t in tests if t.get('traceback')][:3]
-            raise PartFailed('\n'.join(bad[:10] + where))
+            said = [f"{t['name']} stderr:\n" + '\n'.join(t['stderr'].splitlines()[-15:])
+                    for t in tests if t.get('stderr')][:3]
+            raise PartFailed('\n'.join(bad[:10] + where + said))
         if error is not None and not tests:
             raise error
         notes = [f'pytest: {str(error).splitlines()[0]}'] if error is not None else []
@@ -778,13 +779,23 @@ class Check:
         self.report['finished'] = True
 
 
+def pytest_argv(python: str, marks: str, junit: str, files: List[str]) -> List[str]:
+    """The pytest command of a test part. ``junit_logging``: a failed test's captured stderr goes
+    into the XML, that of the processes it started too (a training process prints its own
+    traceback there before it exits; the test's traceback shows only that it exited)."""
+    return [python, '-m', 'pytest', '-m', marks, '-p', 'no:cacheprovider', '-q', '-rA',
+            '--continue-on-collection-errors', '-o', 'junit_logging=system-err',
+            '-o', 'junit_log_passing_tests=False', f'--junitxml={junit}', *files]
+
+
 def junit_results(path: str) -> List[dict]:
     """Per test case of a pytest JUnit XML: name, outcome (passed/failed/error/skipped), message;
-    for a failure or error also the last 40 lines of its traceback (``traceback``), so the JSON alone
-    says where it failed."""
+    for a failure or error also the last 40 lines of its traceback (``traceback``) and of its
+    captured stderr (``stderr``: that of the processes the test started, whose own tracebacks the
+    test's traceback does not show), so the JSON alone says where it failed."""
     out = []
     for case in ET.parse(path).getroot().iter('testcase'):
-        outcome, message, trace = 'passed', '', None
+        outcome, message, trace, err = 'passed', '', None, None
         for tag in ('failure', 'error', 'skipped'):
             el = case.find(tag)
             if el is not None:
@@ -793,11 +804,17 @@ def junit_results(path: str) -> List[dict]:
                 message = message[0][:300]
                 if tag != 'skipped' and el.text:
                     trace = '\n'.join(el.text.strip().splitlines()[-40:])
+                captured = case.find('system-err')
+                if tag != 'skipped' and captured is not None and captured.text:
+                    lines = [ln for ln in captured.text.strip().splitlines() if not ln.startswith('-----')]
+                    err = '\n'.join(lines[-40:]) or None
                 break
         row = dict(name=f"{case.get('classname')}::{case.get('name')}", outcome=outcome, message=message,
                    seconds=float(case.get('time') or 0))
         if trace is not None:
             row['traceback'] = trace
+        if err is not None:
+            row['stderr'] = err
         out.append(row)
     return out
 

@@ -219,3 +219,24 @@ def test_junit_results_keep_the_traceback_of_a_failure(tmp_path):
     assert rows['t::bad']['outcome'] == 'failed'
     assert 'File "x.py", line 3' in rows['t::bad']['traceback']
     assert rows['t::skip']['outcome'] == 'skipped' and 'traceback' not in rows['t::skip']
+
+
+@pytest.mark.slow  # runs pytest in a fresh interpreter
+def test_a_failed_test_keeps_the_stderr_of_the_processes_it_started(tmp_path):
+    """A test whose worker process prints its traceback and exits (as a pipeline stage does) fails
+    with only 'exited with status 1'; the part's JSON row keeps what the worker printed."""
+    (tmp_path / 'test_lv_fake_worker.py').write_text(
+        'import subprocess, sys\n\n\n'
+        'def test_worker():\n'
+        '    code = "import sys; print(\'IndexError: list index out of range (worker)\', file=sys.stderr); sys.exit(1)"\n'
+        '    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "the worker exited with status 1"\n\n\n'
+        'def test_fine():\n'
+        '    print("ok", file=sys.stderr)\n')
+    junit = str(tmp_path / 'j.xml')
+    subprocess.run(gpu_check.pytest_argv(sys.executable, 'not nothing', junit, ['test_lv_fake_worker.py']),
+                   cwd=str(tmp_path), capture_output=True, timeout=120)
+    rows = {r['name'].split('::')[-1]: r for r in gpu_check.junit_results(junit)}
+    assert rows['test_worker']['outcome'] == 'failed'
+    assert 'the worker exited with status 1' in rows['test_worker']['traceback']
+    assert 'IndexError: list index out of range (worker)' in rows['test_worker']['stderr']
+    assert rows['test_fine']['outcome'] == 'passed' and 'stderr' not in rows['test_fine']
