@@ -13,9 +13,9 @@
     python tools/misc/make_demo_data.py inst [--out data/lv_shapes_inst] [--size 128] [--seed 0]
                                              [--num-train 800] [--num-val 200]
 
-One subcommand per task. To add one (``seg``, ``det``...), write ``add_<task>_parser(subparsers)``
-that adds its parser and sets ``func`` to a ``run(args) -> Path`` function, and list it in
-``SUBCOMMANDS``.
+One subcommand per task. To add one, write ``add_<task>_parser(subparsers)`` that adds its parser
+(:func:`add_set_parser`: the options every set has) with ``func``, a ``run(args) -> Path``
+function, and list it in ``SUBCOMMANDS``.
 """
 from __future__ import annotations
 
@@ -28,6 +28,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
 import _stack_check  # noqa: E402,F401  (one clear line without the stack)
 
 
+def add_set_parser(subparsers: argparse._SubParsersAction, name: str, help: str, out: str, size: int,
+                   func: Callable[[argparse.Namespace], Path], per_class: Optional[tuple] = None,
+                   images: Optional[tuple] = None) -> argparse.ArgumentParser:
+    """The parser of one set: ``--out``, ``--size``, ``--seed`` and its counts, either per class
+    (``per_class=(train, val)``: ``--train-per-class``, ``--val-per-class``) or of images
+    (``images=(train, val)``: ``--num-train``, ``--num-val``)."""
+    p = subparsers.add_parser(name, help=help)
+    p.add_argument('--out', default=out, help='output folder (default: %(default)s)')
+    p.add_argument('--size', type=int, default=size, help='image side in pixels (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
+    if per_class is not None:
+        p.add_argument('--train-per-class', type=int, default=per_class[0],
+                       help='training images per class (default: %(default)s)')
+        p.add_argument('--val-per-class', type=int, default=per_class[1],
+                       help='validation images per class (default: %(default)s)')
+    if images is not None:
+        p.add_argument('--num-train', type=int, default=images[0], help='training images (default: %(default)s)')
+        p.add_argument('--num-val', type=int, default=images[1], help='validation images (default: %(default)s)')
+    p.set_defaults(func=func)
+    return p
+
+
 def run_cls(args: argparse.Namespace) -> Path:
     from localvision.datasets.synthetic import make_shapes_classification
     return make_shapes_classification(args.out, num_classes=args.num_classes, train_per_class=args.train_per_class,
@@ -35,14 +57,9 @@ def run_cls(args: argparse.Namespace) -> Path:
 
 
 def add_cls_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('cls', help='shapes & patterns image classification (ImageFolder layout)')
-    p.add_argument('--out', default='data/lv_shapes_cls', help='output folder (default: %(default)s)')
-    p.add_argument('--size', type=int, default=32, help='image side in pixels (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
+    p = add_set_parser(subparsers, 'cls', 'shapes & patterns image classification (ImageFolder layout)',
+                       'data/lv_shapes_cls', 32, run_cls, per_class=(500, 100))
     p.add_argument('--num-classes', type=int, default=10, help='number of classes, at most 10 (default: %(default)s)')
-    p.add_argument('--train-per-class', type=int, default=500, help='training images per class (default: %(default)s)')
-    p.add_argument('--val-per-class', type=int, default=100, help='validation images per class (default: %(default)s)')
-    p.set_defaults(func=run_cls)
 
 
 def run_rel(args: argparse.Namespace) -> Path:
@@ -53,17 +70,12 @@ def run_rel(args: argparse.Namespace) -> Path:
 
 
 def add_rel_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('rel', help='relational image classification: 8 classes, the relations between two '
+    p = add_set_parser(subparsers, 'rel', 'relational image classification: 8 classes, the relations between two '
                                           'objects (layout x same/different shape x same/different colour; '
-                                          'ImageFolder layout)')
-    p.add_argument('--out', default='data/lv_relational_cls', help='output folder (default: %(default)s)')
-    p.add_argument('--size', type=int, default=32, help='image side in pixels (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
-    p.add_argument('--train-per-class', type=int, default=500, help='training images per class (default: %(default)s)')
-    p.add_argument('--val-per-class', type=int, default=125, help='validation images per class (default: %(default)s)')
+                                          'ImageFolder layout)',
+                       'data/lv_relational_cls', 32, run_rel, per_class=(500, 125))
     p.add_argument('--annotations', action='store_true',
                    help="also write annotations.json (every image's objects: shape, colour, centre, radius)")
-    p.set_defaults(func=run_rel)
 
 
 def run_forms(args: argparse.Namespace) -> Path:
@@ -73,14 +85,9 @@ def run_forms(args: argparse.Namespace) -> Path:
 
 
 def add_forms_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('forms', help='global-form image classification: 8 figures (circle, square, ..., U) '
-                                            'drawn by 12 small elements of a random kind (ImageFolder layout)')
-    p.add_argument('--out', default='data/lv_forms_cls', help='output folder (default: %(default)s)')
-    p.add_argument('--size', type=int, default=32, help='image side in pixels (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
-    p.add_argument('--train-per-class', type=int, default=500, help='training images per class (default: %(default)s)')
-    p.add_argument('--val-per-class', type=int, default=125, help='validation images per class (default: %(default)s)')
-    p.set_defaults(func=run_forms)
+    add_set_parser(subparsers, 'forms', 'global-form image classification: 8 figures (circle, square, ..., U) '
+                                        'drawn by 12 small elements of a random kind (ImageFolder layout)',
+                   'data/lv_forms_cls', 32, run_forms, per_class=(500, 125))
 
 
 def run_seg(args: argparse.Namespace) -> Path:
@@ -90,13 +97,8 @@ def run_seg(args: argparse.Namespace) -> Path:
 
 
 def add_seg_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('seg', help='shapes semantic segmentation, 6 classes (mmseg img_dir/ann_dir layout)')
-    p.add_argument('--out', default='data/lv_shapes_seg', help='output folder (default: %(default)s)')
-    p.add_argument('--size', type=int, default=64, help='image side in pixels (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
-    p.add_argument('--num-train', type=int, default=400, help='training images (default: %(default)s)')
-    p.add_argument('--num-val', type=int, default=100, help='validation images (default: %(default)s)')
-    p.set_defaults(func=run_seg)
+    add_set_parser(subparsers, 'seg', 'shapes semantic segmentation, 6 classes (mmseg img_dir/ann_dir layout)',
+                   'data/lv_shapes_seg', 64, run_seg, images=(400, 100))
 
 
 def run_det(args: argparse.Namespace) -> Path:
@@ -106,13 +108,8 @@ def run_det(args: argparse.Namespace) -> Path:
 
 
 def add_det_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('det', help='shapes object detection, 5 classes (COCO json + images)')
-    p.add_argument('--out', default='data/lv_shapes_det', help='output folder (default: %(default)s)')
-    p.add_argument('--size', type=int, default=128, help='image side in pixels (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
-    p.add_argument('--num-train', type=int, default=800, help='training images (default: %(default)s)')
-    p.add_argument('--num-val', type=int, default=200, help='validation images (default: %(default)s)')
-    p.set_defaults(func=run_det)
+    add_set_parser(subparsers, 'det', 'shapes object detection, 5 classes (COCO json + images)',
+                   'data/lv_shapes_det', 128, run_det, images=(800, 200))
 
 
 def run_inst(args: argparse.Namespace) -> Path:
@@ -122,14 +119,9 @@ def run_inst(args: argparse.Namespace) -> Path:
 
 
 def add_inst_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser('inst', help='shapes instance segmentation, 5 classes (COCO json with polygons + '
-                                           'images; the det set\'s images)')
-    p.add_argument('--out', default='data/lv_shapes_inst', help='output folder (default: %(default)s)')
-    p.add_argument('--size', type=int, default=128, help='image side in pixels (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='base seed (default: %(default)s)')
-    p.add_argument('--num-train', type=int, default=800, help='training images (default: %(default)s)')
-    p.add_argument('--num-val', type=int, default=200, help='validation images (default: %(default)s)')
-    p.set_defaults(func=run_inst)
+    add_set_parser(subparsers, 'inst', 'shapes instance segmentation, 5 classes (COCO json with polygons + '
+                                       'images; the det set\'s images)',
+                   'data/lv_shapes_inst', 128, run_inst, images=(800, 200))
 
 
 SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_rel_parser, add_forms_parser,
