@@ -20,6 +20,7 @@ function, and list it in ``SUBCOMMANDS``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -90,38 +91,33 @@ def add_forms_parser(subparsers: argparse._SubParsersAction) -> None:
                    'data/lv_forms_cls', 32, run_forms, per_class=(500, 125))
 
 
-def run_seg(args: argparse.Namespace) -> Path:
-    from localvision.datasets.synthetic_seg import make_shapes_segmentation
-    return make_shapes_segmentation(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.size,
-                                    seed=args.seed)
+def run_counted(maker: str) -> Callable[[argparse.Namespace], Path]:
+    """``run(args)`` of a set counted in images: calls ``maker`` (``'module:function'``, imported
+    when it runs) with ``--out``, ``--num-train``, ``--num-val``, ``--size`` and ``--seed``."""
+    def run(args: argparse.Namespace) -> Path:
+        module, name = maker.split(':')
+        make = getattr(importlib.import_module(module), name)
+        return make(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.size, seed=args.seed)
+    return run
 
 
 def add_seg_parser(subparsers: argparse._SubParsersAction) -> None:
     add_set_parser(subparsers, 'seg', 'shapes semantic segmentation, 6 classes (mmseg img_dir/ann_dir layout)',
-                   'data/lv_shapes_seg', 64, run_seg, images=(400, 100))
-
-
-def run_det(args: argparse.Namespace) -> Path:
-    from localvision.datasets.synthetic_det import make_shapes_detection
-    return make_shapes_detection(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.size,
-                                 seed=args.seed)
+                   'data/lv_shapes_seg', 64, run_counted('localvision.datasets.synthetic_seg:make_shapes_segmentation'),
+                   images=(400, 100))
 
 
 def add_det_parser(subparsers: argparse._SubParsersAction) -> None:
     add_set_parser(subparsers, 'det', 'shapes object detection, 5 classes (COCO json + images)',
-                   'data/lv_shapes_det', 128, run_det, images=(800, 200))
-
-
-def run_inst(args: argparse.Namespace) -> Path:
-    from localvision.datasets.synthetic_inst import make_shapes_instances
-    return make_shapes_instances(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.size,
-                                 seed=args.seed)
+                   'data/lv_shapes_det', 128, run_counted('localvision.datasets.synthetic_det:make_shapes_detection'),
+                   images=(800, 200))
 
 
 def add_inst_parser(subparsers: argparse._SubParsersAction) -> None:
     add_set_parser(subparsers, 'inst', 'shapes instance segmentation, 5 classes (COCO json with polygons + '
                                        'images; the det set\'s images)',
-                   'data/lv_shapes_inst', 128, run_inst, images=(800, 200))
+                   'data/lv_shapes_inst', 128, run_counted('localvision.datasets.synthetic_inst:make_shapes_instances'),
+                   images=(800, 200))
 
 
 SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [add_cls_parser, add_rel_parser, add_forms_parser,
