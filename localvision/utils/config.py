@@ -8,7 +8,7 @@ from mmengine.config import Config
 
 from localvision.errors import InputError, MissingDataError
 
-from .device import resolve_dist_cfg
+from .device import resolve_dist_cfg, share_gpus_in_mmengine_logger
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
@@ -17,6 +17,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optiona
     ``./work_dirs/<config name>``) and the distributed backend (``'auto'``: nccl/gloo)."""
     if not osp.isfile(path):
         raise MissingDataError(f'config file {path} does not exist')
+    share_gpus_in_mmengine_logger()  # before the registry lookups below log anything
     try:
         cfg = Config.fromfile(path)  # imports the config's custom_imports (localvision.cls / seg / det)
     except ImportError as e:

@@ -35,6 +35,35 @@ def check_dist_backend(backend: str) -> None:
                          "(use 'gloo' or 'auto')")
 
 
+def share_gpus_in_mmengine_logger() -> None:
+    """Let mmengine's logger start in a process that shares its GPU with other ranks.
+
+    mmengine 0.10.7's ``MMLogger`` names its device ``CUDA_VISIBLE_DEVICES[LOCAL_RANK]`` (for the
+    log file of each rank) and raises ``IndexError: list index out of range`` where there are more
+    ranks on the machine than GPUs, as with module-parallel stages sharing a GPU (K=2 on one GPU).
+    The rank's device is then the one it trains on: ``LOCAL_RANK`` modulo the visible devices.
+    Idempotent; call it before anything logs through mmengine (``load_config`` does).
+    """
+    import os
+
+    from mmengine.logging import logger as mm_logger
+    original = getattr(mm_logger, '_get_device_id', None)
+    if original is None or getattr(original, 'shares_gpus', False):
+        return
+
+    def device_id():
+        try:
+            return original()
+        except IndexError:
+            visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+            devices = visible.split(',') if visible is not None else [str(i) for i in range(torch.cuda.device_count())]
+            device = devices[int(os.environ.get('LOCAL_RANK', '0')) % max(len(devices), 1)] if devices else '0'
+            return int(device) if device.strip().isdigit() else device
+
+    device_id.shares_gpus = True
+    mm_logger._get_device_id = device_id
+
+
 def init_dist_without_cuda(launcher: str, backend: str = 'gloo') -> None:
     """Start the process group on a machine without CUDA.
 

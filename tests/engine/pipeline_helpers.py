@@ -38,10 +38,34 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_ke
     return str(path)
 
 
+def pretend_one_gpu() -> None:
+    """In a training process: torch reports one CUDA device (availability, count, current device,
+    CUDA RNG state) while the stage computes on the CPU. Every rank then takes the CUDA-only branches
+    of a machine whose GPU all ranks share (``LOCAL_RANK`` 1 with one GPU), up to the device moves,
+    which a CPU otherwise never runs."""
+    from localvision.engine.pipeline import runner as pipeline_runner
+    torch.cuda.is_available = lambda: True
+    torch.cuda.device_count = lambda: 1
+    torch.cuda.set_device = lambda device: None
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.get_rng_state = lambda device='cuda': torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda state, device='cuda': None
+    torch.cuda.manual_seed_all = lambda seed: None
+    init = pipeline_runner.PipelineRunner.__init__
+
+    def init_on_cpu(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        assert self.device == torch.device('cuda', 0), f'rank {self.rank} chose {self.device}'
+        self.device = torch.device('cpu')
+    pipeline_runner.PipelineRunner.__init__ = init_on_cpu
+
+
 def _worker(rank, world, port, config, work_dir, options):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    if os.environ.get('LV_TEST_PRETEND_ONE_GPU') == '1':
+        pretend_one_gpu()
     from localvision.engine.pipeline import train_pipeline
     from localvision.utils.config import load_config
     cfg = load_config(config, options or None, work_dir, launcher='pytorch')

@@ -17,11 +17,20 @@ pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest
 
 
 @pytest.mark.parametrize('backend,gpus', [
-    pytest.param('nccl', 2, marks=pytest.mark.gpu), pytest.param('gloo', 1, marks=pytest.mark.gpu), ('gloo', 0)])
-def test_sync_pipeline_on_cuda_matches_single_process(tiny_cls_root, tmp_path, backend, gpus):
-    if torch.cuda.device_count() < gpus:
+    pytest.param('nccl', 2, marks=pytest.mark.gpu), pytest.param('gloo', 1, marks=pytest.mark.gpu), ('gloo', 0),
+    ('gloo', 'pretend 1')])
+def test_sync_pipeline_on_cuda_matches_single_process(tiny_cls_root, tmp_path, monkeypatch, backend, gpus):
+    """``gpus='pretend 1'``: on a CPU, the training processes see one CUDA device that both stages
+    share (:func:`pipeline_helpers.pretend_one_gpu`): the H200 run of the gloo case stopped there,
+    before training, in mmengine's logger (``CUDA_VISIBLE_DEVICES[LOCAL_RANK]`` for rank 1)."""
+    if gpus == 'pretend 1':
+        if torch.cuda.is_available():
+            pytest.skip('a real GPU is here: the gloo case with one GPU runs instead')
+        monkeypatch.setenv('LV_TEST_PRETEND_ONE_GPU', '1')
+        monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    elif torch.cuda.device_count() < gpus:
         pytest.skip(f'needs {gpus} CUDA devices')
-    if not gpus and torch.cuda.is_available():
+    if gpus == 0 and torch.cuda.is_available():
         pytest.skip('the CPU case: the stages would take the GPU here')
     cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root, cuts=(5,),
                        extra=f"env_cfg = dict(dist_cfg=dict(backend='{backend}'))")

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from localvision.errors import InputError
+from localvision.utils.device import share_gpus_in_mmengine_logger
 
 from . import checkpoint as ckpt_io
 from .best import RULE_KEYS, BestCheckpoint
@@ -34,7 +35,8 @@ def init_pipeline_dist(cfg) -> None:
     backend = dist_cfg.get('backend') or 'gloo'
     if backend == 'auto':
         backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # ranks may share a GPU (more stages than GPUs)
+        share_gpus_in_mmengine_logger()
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=dist_cfg.get('timeout', 1800)))
 

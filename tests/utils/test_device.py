@@ -1,0 +1,50 @@
+"""Device choice where ranks share GPUs (localvision/utils/device.py)."""
+import os.path as osp
+import uuid
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def one_gpu(monkeypatch):
+    """torch reports one CUDA device (the check needs only its availability and count); called after
+    the imports, so that no library caches the pretended device at import time."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+
+
+@pytest.mark.parametrize('visible,local_rank,device', [(None, '1', 0), (None, '0', 0), ('3,5', '3', 5), ('7', '1', 7)])
+def test_mmengine_logger_starts_on_a_rank_that_shares_a_gpu(monkeypatch, visible, local_rank, device):
+    """Stage 1 of a K=2 pipeline on one GPU (LOCAL_RANK=1): mmengine's logger named its device
+    CUDA_VISIBLE_DEVICES[LOCAL_RANK] and raised IndexError before training (seen on an H200); it
+    names the device the rank trains on."""
+    from mmengine.logging import MMLogger
+    from mmengine.logging import logger as mm_logger
+
+    from localvision.utils.device import share_gpus_in_mmengine_logger
+    one_gpu(monkeypatch)
+    if visible is not None:
+        monkeypatch.setenv('CUDA_VISIBLE_DEVICES', visible)
+    monkeypatch.setenv('LOCAL_RANK', local_rank)
+    share_gpus_in_mmengine_logger()
+    share_gpus_in_mmengine_logger()  # idempotent
+    assert mm_logger._get_device_id() == device
+    assert MMLogger.get_instance(f'lv_shared_gpu_{uuid.uuid4().hex}').name == 'mmengine'
+
+
+def test_load_config_on_a_rank_that_shares_a_gpu(monkeypatch):
+    """What every training process does first (the registry lookups of load_config log through
+    mmengine) works on LOCAL_RANK=1 with one GPU."""
+    from mmengine.logging import MMLogger
+
+    import localvision.cls  # noqa: F401  (what the config imports, before the pretended GPU)
+    from localvision.utils.config import load_config
+    one_gpu(monkeypatch)
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setattr(MMLogger, '_instance_dict', type(MMLogger._instance_dict)())  # no logger yet
+    cfg = load_config(osp.join(ROOT, 'configs/cls/cifar_resnet32_shapes_greedy_k4.py'), launcher='pytorch')
+    assert cfg.model_wrapper_cfg['type'] == 'LocalDistributedDataParallel'
+    assert MMLogger.get_current_instance().name == 'mmengine'
