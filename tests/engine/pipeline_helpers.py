@@ -66,6 +66,9 @@ def _worker(rank, world, port, config, work_dir, options):
     torch.set_num_threads(1)
     if os.environ.get('LV_TEST_PRETEND_ONE_GPU') == '1':
         pretend_one_gpu()
+    if torch.cuda.is_available():  # compared with a CPU reference: full fp32 (no TF32 convolutions or matmuls)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     from localvision.engine.pipeline import train_pipeline
     from localvision.utils.config import load_config
     cfg = load_config(config, options or None, work_dir, launcher='pytorch')

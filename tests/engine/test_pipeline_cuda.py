@@ -2,8 +2,9 @@
 
 nccl with one GPU per stage (needs 2 GPUs), and gloo with both stages on one GPU (tensors staged
 through the CPU): the exported parameters match the single-process CPU run on the same
-micro-batches (to GPU float tolerance: cuDNN and TF32 convolutions). The CPU case (gloo, no GPU)
-is what the GPU check's CPU dry run runs instead: the same config, data set and processes.
+micro-batches (to GPU float tolerance: cuDNN's algorithms; the training processes turn TF32 off).
+The CPU case (gloo, no GPU) is what the GPU check's CPU dry run runs instead: the same config, data
+set and processes.
 """
 import json
 import os.path as osp
