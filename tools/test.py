@@ -20,7 +20,7 @@ from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint, check_fits, read_state_dict  # noqa: E402
 from localvision.utils.config import load_config  # noqa: E402
 from localvision.utils.data_check import check_data  # noqa: E402
-from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
+from localvision.utils.device import check_processes_fit_gpus, finish_dist, init_dist_without_cuda  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,6 +46,7 @@ def main(argv=None):
         cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
         check_checkpoint(args.checkpoint)
         check_data(cfg, 'test')
+        check_processes_fit_gpus(cfg.launcher)
         init_dist_without_cuda(cfg.launcher, cfg.env_cfg.dist_cfg.backend)
         cfg.load_from = args.checkpoint
         cfg.resume = False

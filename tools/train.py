@@ -21,7 +21,7 @@ from localvision.errors import InputError  # noqa: E402
 from localvision.utils import allow_mmengine_checkpoints, check_checkpoint, check_fits, read_state_dict  # noqa: E402
 from localvision.utils.config import check_param_schedulers, load_config  # noqa: E402
 from localvision.utils.data_check import check_data  # noqa: E402
-from localvision.utils.device import finish_dist, init_dist_without_cuda  # noqa: E402
+from localvision.utils.device import check_processes_fit_gpus, finish_dist, init_dist_without_cuda  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -105,6 +105,7 @@ def train(cfg: Config):
             raise SystemExit(f'error: {e}' if os.environ.get('RANK', '0') == '0' else 1) from None
     with StopOnSignal(announce=os.environ.get('RANK', '0') == '0') as signals:
         try:
+            check_processes_fit_gpus(cfg.launcher)
             init_dist_without_cuda(cfg.launcher, cfg.env_cfg.dist_cfg.backend)
             if 'runner_type' in cfg:
                 from mmengine.registry import RUNNERS

@@ -64,6 +64,21 @@ def share_gpus_in_mmengine_logger() -> None:
     mm_logger._get_device_id = device_id
 
 
+def check_processes_fit_gpus(launcher: str) -> None:
+    """Raise :class:`InputError` where torchrun started more processes on this machine than it has
+    GPUs for data-parallel training: mmengine gives the process of ``LOCAL_RANK`` r GPU r (a raw
+    'invalid device ordinal' otherwise). Module-parallel runs (a ``pipeline`` section) share GPUs
+    and do not come here."""
+    import os
+    if launcher != 'pytorch' or not torch.cuda.is_available():
+        return
+    local_rank, gpus = int(os.environ.get('LOCAL_RANK', '0')), torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise InputError(f'data-parallel training runs one process per GPU: this process has LOCAL_RANK '
+                         f'{local_rank}, this machine {gpus} GPU(s); launch tools/dist_train.sh CONFIG {gpus} '
+                         f'(or set CUDA_VISIBLE_DEVICES)')
+
+
 def init_dist_without_cuda(launcher: str, backend: str = 'gloo') -> None:
     """Start the process group on a machine without CUDA.
 

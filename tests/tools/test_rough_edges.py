@@ -68,6 +68,19 @@ def test_nccl_backend_is_checked_only_when_a_process_group_is_made(monkeypatch):
         init_dist_without_cuda('pytorch', 'nccl')
 
 
+def test_more_data_parallel_processes_than_gpus_end_in_one_error_line(monkeypatch):
+    """tools/dist_train.sh CONFIG 2 on a machine with one GPU, for a config without a pipeline
+    section: rank 1 says how many processes to launch instead of mmengine's raw CUDA error."""
+    cfg = load_config(CLS_CONFIG, launcher='pytorch')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # torch reports one GPU
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    with pytest.raises(SystemExit) as e:
+        train_tool.train(cfg)
+    assert str(e.value).startswith('error: data-parallel training runs one process per GPU: this process has '
+                                   'LOCAL_RANK 1, this machine 1 GPU(s); launch tools/dist_train.sh CONFIG 1')
+
+
 @pytest.mark.slow
 def test_a_stock_mmseg_runtime_trains_in_one_process_on_cpu(tiny_cls_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)

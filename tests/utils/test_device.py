@@ -48,3 +48,28 @@ def test_load_config_on_a_rank_that_shares_a_gpu(monkeypatch):
     cfg = load_config(osp.join(ROOT, 'configs/cls/cifar_resnet32_shapes_greedy_k4.py'), launcher='pytorch')
     assert cfg.model_wrapper_cfg['type'] == 'LocalDistributedDataParallel'
     assert MMLogger.get_current_instance().name == 'mmengine'
+
+
+@pytest.mark.parametrize('launcher,local_rank,fits', [('pytorch', '0', True), ('pytorch', '1', False),
+                                                       ('none', '1', True), ('slurm', '1', True)])
+def test_data_parallel_processes_must_fit_the_gpus(monkeypatch, launcher, local_rank, fits):
+    """Data-parallel training with more torchrun processes than GPUs: one error line naming the
+    count to launch (mmengine would fail in torch.cuda.set_device with 'invalid device ordinal');
+    slurm's mmengine start takes the GPUs modulo their number."""
+    from localvision.errors import InputError
+    from localvision.utils.device import check_processes_fit_gpus
+    one_gpu(monkeypatch)
+    monkeypatch.setenv('LOCAL_RANK', local_rank)
+    if fits:
+        check_processes_fit_gpus(launcher)
+    else:
+        with pytest.raises(InputError, match=r'one process per GPU: .*LOCAL_RANK 1, this machine 1 GPU\(s\); '
+                                             r'launch tools/dist_train.sh CONFIG 1'):
+            check_processes_fit_gpus(launcher)
+
+
+def test_data_parallel_check_is_silent_without_cuda(monkeypatch):
+    from localvision.utils.device import check_processes_fit_gpus
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setenv('LOCAL_RANK', '3')
+    check_processes_fit_gpus('pytorch')
