@@ -42,7 +42,7 @@ part that fails, times out or is skipped never stops the others), within one tim
    seg and det demo models where mmseg and mmdet import);
 6. ``pytest_gpu``: the ``gpu``-marked tests (``pytest -m gpu``), but the module-parallel one;
 7. ``pipeline_cuda``: ``tests/engine/test_pipeline_cuda.py`` (module-parallel training on CUDA;
-   the CPU dry run runs its CPU case; skipped where cv2 is the stub: it reads images from a folder).
+   the CPU dry run runs its CPU cases; skipped where cv2 is the stub: it reads images from a folder).
 
 The benchmarks' models are mmpretrain configs written by :func:`cls_config` (``CLS_MODELS``) into
 ``work_dirs/gpu_check_env/configs``. Writes ``$OUT/gpu_check.json`` (rewritten after every part, so
@@ -676,7 +676,8 @@ class Check:
         if self.cv2_stub:
             raise PartSkipped('opencv absent (cv2 is a stub here): the test reads images from a folder '
                               '(LoadImageFromFile decodes with cv2)')
-        # the CPU dry run runs the test's CPU case: the same config, data and processes, stages on the CPU
+        # the CPU dry run runs the test's CPU cases: the same config, data and processes, stages on the CPU
+        # (also with torch reporting one GPU that both stages share)
         result = self.pytest_part(['tests/engine/test_pipeline_cuda.py'], 'pytest_pipeline_cuda.xml', timeout,
                                   marks='gpu' if self.cuda else 'not gpu')
         if self.cuda and self.device.get('device_count', 0) < 2:
