@@ -11,9 +11,18 @@ def default_device() -> str:
     return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
+def local_processes() -> int:
+    """How many processes of the job run on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 without it)."""
+    import os
+    return int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+
+
 def default_dist_backend() -> str:
-    """``'nccl'`` with CUDA, ``'gloo'`` without."""
-    return 'nccl' if torch.cuda.is_available() else 'gloo'
+    """``'nccl'`` with CUDA and a GPU for each process on this machine; ``'gloo'`` without CUDA, or
+    where processes share GPUs (module-parallel stages outnumbering the GPUs), which nccl refuses."""
+    if torch.cuda.is_available() and local_processes() <= torch.cuda.device_count():
+        return 'nccl'
+    return 'gloo'
 
 
 def resolve_dist_cfg(cfg) -> None:
@@ -25,14 +34,25 @@ def resolve_dist_cfg(cfg) -> None:
     if dist_cfg.get('backend') in (None, 'auto'):
         dist_cfg['backend'] = default_dist_backend()
     elif cfg.get('launcher', 'none') != 'none':
-        check_dist_backend(dist_cfg['backend'])
+        check_dist_backend(dist_cfg['backend'], shares_gpus=cfg.get('pipeline') is not None)
 
 
-def check_dist_backend(backend: str) -> None:
-    """Raise :class:`InputError` when ``backend`` cannot start a process group on this machine."""
+def check_dist_backend(backend: str, shares_gpus: bool = False) -> None:
+    """Raise :class:`InputError` when ``backend`` cannot start a process group on this machine.
+
+    ``shares_gpus``: the processes may share GPUs (module-parallel stages); nccl cannot put two
+    ranks on one GPU, so it needs as many GPUs as there are processes on this machine.
+    (Data-parallel training needs a GPU per process whatever the backend:
+    :func:`check_processes_fit_gpus`.)
+    """
     if backend == 'nccl' and not torch.cuda.is_available():
         raise InputError("env_cfg.dist_cfg.backend='nccl' needs CUDA; none is available here "
                          "(use 'gloo' or 'auto')")
+    if backend == 'nccl' and shares_gpus and local_processes() > torch.cuda.device_count():
+        raise InputError(f"env_cfg.dist_cfg.backend='nccl' needs a GPU for each process: {local_processes()} "
+                         f"stage processes run on this machine, which has {torch.cuda.device_count()} GPU(s); "
+                         "use 'gloo' or 'auto' (the stages then share the GPUs, tensors cross the cuts "
+                         "through the CPU) or launch on as many GPUs as stages")
 
 
 def share_gpus_in_mmengine_logger() -> None:

@@ -62,7 +62,7 @@ def pretend_one_gpu() -> None:
 
 def _worker(rank, world, port, config, work_dir, options):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))  # as torchrun on one machine
     torch.set_num_threads(1)
     if os.environ.get('LV_TEST_PRETEND_ONE_GPU') == '1':
         pretend_one_gpu()

@@ -1,6 +1,7 @@
 """Module-parallel training on CUDA devices (skipped without them).
 
-nccl with one GPU per stage (needs 2 GPUs), and gloo with both stages on one GPU (tensors staged
+nccl with one GPU per stage (needs 2 GPUs), and both stages on one GPU with the configs' backend
+``'auto'``, which chooses gloo there (nccl cannot put two ranks on one GPU; tensors are staged
 through the CPU): the exported parameters match the single-process CPU run on the same
 micro-batches (to GPU float tolerance: cuDNN's algorithms; the training processes turn TF32 off).
 The CPU case (gloo, no GPU) is what the GPU check's CPU dry run runs instead: the same config, data
@@ -18,15 +19,16 @@ pytestmark = pytest.mark.slow  # starts processes or trains: left out of `pytest
 
 
 @pytest.mark.parametrize('backend,gpus', [
-    pytest.param('nccl', 2, marks=pytest.mark.gpu), pytest.param('gloo', 1, marks=pytest.mark.gpu), ('gloo', 0),
-    ('gloo', 'pretend 1')])
+    pytest.param('nccl', 2, marks=pytest.mark.gpu), pytest.param('auto', 1, marks=pytest.mark.gpu), ('gloo', 0),
+    ('auto', 'pretend 1')])
 def test_sync_pipeline_on_cuda_matches_single_process(tiny_cls_root, tmp_path, monkeypatch, backend, gpus):
     """``gpus='pretend 1'``: on a CPU, the training processes see one CUDA device that both stages
     share (:func:`pipeline_helpers.pretend_one_gpu`): the H200 run of the gloo case stopped there,
-    before training, in mmengine's logger (``CUDA_VISIBLE_DEVICES[LOCAL_RANK]`` for rank 1)."""
+    before training, in mmengine's logger (``CUDA_VISIBLE_DEVICES[LOCAL_RANK]`` for rank 1); there
+    ``'auto'`` must choose gloo (nccl would fail: it starts only on a real GPU)."""
     if gpus == 'pretend 1':
         if torch.cuda.is_available():
-            pytest.skip('a real GPU is here: the gloo case with one GPU runs instead')
+            pytest.skip('a real GPU is here: the case with one GPU runs instead')
         monkeypatch.setenv('LV_TEST_PRETEND_ONE_GPU', '1')
         monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
     elif torch.cuda.device_count() < gpus:

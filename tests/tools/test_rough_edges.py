@@ -81,6 +81,20 @@ def test_more_data_parallel_processes_than_gpus_end_in_one_error_line(monkeypatc
                                    'LOCAL_RANK 1, this machine 1 GPU(s); launch tools/dist_train.sh CONFIG 1')
 
 
+def test_nccl_for_stages_that_share_a_gpu_ends_in_one_error_line(monkeypatch):
+    """tools/pipeline_train.sh with a K=4 config that names nccl, on a machine with one GPU: the
+    four stages would share it, which nccl refuses at its first transfer; the tool says so first."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # torch reports one GPU
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    with pytest.raises(SystemExit) as e:
+        train_tool.main([osp.join(ROOT, 'configs/cls/cifar_resnet32_shapes_greedy_k4_pipeline.py'), '--launcher',
+                         'pytorch', '--cfg-options', 'env_cfg.dist_cfg.backend=nccl'])
+    assert str(e.value) == ("error: env_cfg.dist_cfg.backend='nccl' needs a GPU for each process: 4 stage processes "
+                            "run on this machine, which has 1 GPU(s); use 'gloo' or 'auto' (the stages then share "
+                            "the GPUs, tensors cross the cuts through the CPU) or launch on as many GPUs as stages")
+
+
 @pytest.mark.slow
 def test_a_stock_mmseg_runtime_trains_in_one_process_on_cpu(tiny_cls_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)

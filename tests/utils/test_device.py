@@ -73,3 +73,44 @@ def test_data_parallel_check_is_silent_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     monkeypatch.setenv('LOCAL_RANK', '3')
     check_processes_fit_gpus('pytorch')
+
+
+@pytest.mark.parametrize('processes,backend', [('1', 'nccl'), ('2', 'gloo')])
+def test_auto_backend_is_gloo_where_processes_share_a_gpu(monkeypatch, processes, backend):
+    """``'auto'`` (the configs' backend): nccl where each process of this machine has a GPU; gloo
+    where module-parallel stages outnumber the GPUs (nccl cannot put two ranks on one GPU)."""
+    from mmengine.config import Config
+
+    from localvision.utils.device import default_dist_backend, resolve_dist_cfg
+    one_gpu(monkeypatch)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', processes)
+    assert default_dist_backend() == backend
+    cfg = Config(dict(launcher='pytorch', pipeline=dict(schedule='sync'), env_cfg=dict(dist_cfg=dict(backend='auto'))))
+    resolve_dist_cfg(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == backend
+
+
+def test_nccl_is_refused_where_stages_share_a_gpu(monkeypatch):
+    """An explicit nccl with more stage processes than GPUs: one error line naming the fix, from the
+    config check and from the pipeline's process-group start (nccl would fail at the first transfer);
+    a data-parallel config is left to :func:`check_processes_fit_gpus`."""
+    from mmengine.config import Config
+    import torch.distributed as dist
+
+    from localvision.engine.pipeline.launch import init_pipeline_dist
+    from localvision.errors import InputError
+    from localvision.utils.device import resolve_dist_cfg
+    one_gpu(monkeypatch)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    message = (r"backend='nccl' needs a GPU for each process: 2 stage processes run on this machine, which has "
+               r"1 GPU\(s\); use 'gloo' or 'auto'")
+    pipeline_cfg = dict(launcher='pytorch', pipeline=dict(schedule='sync'), env_cfg=dict(dist_cfg=dict(backend='nccl')))
+    with pytest.raises(InputError, match=message):
+        resolve_dist_cfg(Config(pipeline_cfg))
+    assert not dist.is_initialized()
+    with pytest.raises(InputError, match=message):
+        init_pipeline_dist(Config(pipeline_cfg))
+    assert not dist.is_initialized()
+    data_parallel = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='nccl'))))
+    resolve_dist_cfg(data_parallel)
+    assert data_parallel.env_cfg.dist_cfg.backend == 'nccl'

@@ -681,8 +681,8 @@ class Check:
         result = self.pytest_part(['tests/engine/test_pipeline_cuda.py'], 'pytest_pipeline_cuda.xml', timeout,
                                   marks='gpu' if self.cuda else 'not gpu')
         if self.cuda and self.device.get('device_count', 0) < 2:
-            result['notes'].append('one GPU: the nccl case (one GPU per stage) needs 2 and is skipped; the gloo '
-                                   'case runs both stages on the one GPU')
+            result['notes'].append('one GPU: the nccl case (one GPU per stage) needs 2 and is skipped; the auto '
+                                   'case (gloo) runs both stages on the one GPU')
         return result
 
     def amp(self, task: str) -> Callable[[float], dict]:

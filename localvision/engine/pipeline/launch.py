@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from localvision.errors import InputError
-from localvision.utils.device import share_gpus_in_mmengine_logger
+from localvision.utils.device import check_dist_backend, default_dist_backend, share_gpus_in_mmengine_logger
 
 from . import checkpoint as ckpt_io
 from .best import RULE_KEYS, BestCheckpoint
@@ -28,13 +28,15 @@ from .runner import PipelineRunner
 
 
 def init_pipeline_dist(cfg) -> None:
-    """Start the default process group from torchrun's environment (gloo on CPU, nccl on CUDA)."""
+    """Start the default process group from torchrun's environment (``'auto'``: nccl with a GPU
+    for each stage process of this machine, gloo on CPU or where stages share GPUs)."""
     if dist.is_initialized():
         return
     dist_cfg = (cfg.get('env_cfg') or {}).get('dist_cfg') or {}
     backend = dist_cfg.get('backend') or 'gloo'
     if backend == 'auto':
-        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        backend = default_dist_backend()
+    check_dist_backend(backend, shares_gpus=True)
     if torch.cuda.is_available():  # ranks may share a GPU (more stages than GPUs)
         share_gpus_in_mmengine_logger()
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
