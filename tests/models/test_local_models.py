@@ -78,6 +78,26 @@ def test_no_gradient_crosses_a_cut(name, context):
         h = out.detach()
 
 
+@pytest.mark.parametrize('context', [None, dict(type='ContSup', variant='R1E')], ids=['plain', 'contsup'])
+@pytest.mark.parametrize('name', [n if n == 'LocalImageClassifier' else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in NAMES])
+def test_per_module_and_joint_backward_give_the_same_gradients(name, context):
+    """The per-module loop (each module's backward before the next forward) computes the gradients
+    of ``JointBackward`` (one backward of the summed losses), for every task model in the registries."""
+    data = tiny(name).batch(2)
+    grads = []
+    for executor in ('PerModuleBackward', 'JointBackward'):
+        model = build(name, 3, context=context, executor=dict(type=executor))
+        model.train()
+        ow = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1), accumulative_counts=2)  # no step
+        torch.manual_seed(1)  # the same random draws (a two-stage detector's samplers)
+        model.train_step(copy.deepcopy(data), ow)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_inference_runs_the_context_path(name):
     model = build(name, 2, context=dict(type='ContSup', variant='R1'))
