@@ -4,11 +4,15 @@ mmengine's ``AmpOptimWrapper`` refuses to be built without an accelerator. This 
 the forward under ``torch.autocast`` on the device of the optimized parameters: bfloat16 on the
 CPU (no loss scaling: bfloat16 has float32's exponent range), float16 with a dynamic loss scale
 on CUDA, or the ``dtype`` asked for (float16 always gets a loss scaler, on either device).
+mmcv's compiled ops, which autocast does not reach, compute in float32 where they have no kernel
+for the type (:func:`mmcv_ops_in_float32`).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Optional, Union
+import functools
+import sys
+from contextlib import ExitStack, contextmanager
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -35,6 +39,7 @@ class MixedPrecisionOptimWrapper(OptimWrapper):
     def __init__(self, dtype: Optional[Union[str, torch.dtype]] = None,
                  loss_scale: Union[str, float, dict] = 'dynamic', **kwargs) -> None:
         super().__init__(**kwargs)
+        mmcv_ops_in_float32()
         self.device_type = self._param_device_type()
         if dtype is None:
             dtype = 'bfloat16' if self.device_type == 'cpu' else 'float16'
@@ -94,3 +99,64 @@ class MixedPrecisionOptimWrapper(OptimWrapper):
         """The forward runs under autocast (and, as always, no gradient sync while accumulating)."""
         with super().optim_context(model), torch.autocast(self.device_type, dtype=self.cast_dtype):
             yield
+
+
+# -- mmcv's compiled ops under autocast ------------------------------------------------------------
+def _lacks_kernel(value: Any) -> bool:
+    """mmcv's compiled ops have float32 kernels, float16 ones only on CUDA and no bfloat16 ones."""
+    return isinstance(value, torch.Tensor) and (
+        value.dtype == torch.bfloat16 or (value.dtype == torch.float16 and value.device.type != 'cuda'))
+
+
+def _float32(value: Any) -> Any:
+    return value.float() if _lacks_kernel(value) else value
+
+
+def _forward_in_float32(forward: Callable) -> Callable:
+    @functools.wraps(forward)
+    def run(ctx, *args, **kwargs):
+        low = [a for a in (*args, *kwargs.values()) if _lacks_kernel(a)]
+        ctx.lv_float32 = bool(low)
+        if not low:
+            return forward(ctx, *args, **kwargs)
+        with ExitStack() as stack:  # as torch.amp.custom_fwd(cast_inputs=torch.float32)
+            for device_type in {a.device.type for a in low}:
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+            out = forward(ctx, *map(_float32, args), **{k: _float32(v) for k, v in kwargs.items()})
+        back = lambda t: t.to(low[0].dtype) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t  # noqa: E731
+        return type(out)(map(back, out)) if isinstance(out, (tuple, list)) else back(out)
+    run.lv_float32 = True
+    return run
+
+
+def _backward_in_float32(backward: Callable) -> Callable:
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        # the gradients it returns are cast to the inputs' dtypes by autograd
+        return backward(ctx, *map(_float32, grads)) if getattr(ctx, 'lv_float32', False) else backward(ctx, *grads)
+    run.lv_float32 = True
+    return run
+
+
+def mmcv_ops_in_float32() -> None:
+    """Let mmcv's compiled ops run under mixed precision where they have no kernel for its type.
+
+    They are ``torch.autograd.Function`` s outside torch's dispatcher, so autocast does not cast
+    their inputs: under bfloat16 autocast (CPU or CUDA), or float16 on the CPU, mmdet's RPN NMS
+    and RoIAlign stopped with ``expected scalar type Float but found BFloat16``. Each such
+    ``Function`` of ``mmcv.ops`` now computes in float32 when it gets such a tensor and returns its
+    float outputs in that tensor's type (float16 on CUDA keeps mmcv's half kernels); without one
+    nothing changes. Idempotent; nothing to do where no model imported ``mmcv.ops``.
+    """
+    if 'mmcv.ops' not in sys.modules:  # imported by the models that use them, built before the wrapper
+        return
+    pending = list(torch.autograd.Function.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if not cls.__module__.startswith('mmcv.ops.'):
+            continue
+        for name, wrap in (('forward', _forward_in_float32), ('backward', _backward_in_float32)):
+            fn = cls.__dict__.get(name)
+            if isinstance(fn, staticmethod) and not getattr(fn.__func__, 'lv_float32', False):
+                setattr(cls, name, staticmethod(wrap(fn.__func__)))
