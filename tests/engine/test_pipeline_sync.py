@@ -82,3 +82,14 @@ def test_auto_scale_lr_scales_like_the_runner(tiny_cls_root, tmp_path):
              reference_run(cfg, micro_batches=4, iters=4, options={'optim_wrapper.optimizer.lr': 0.1}))
     with pytest.raises(AssertionError):  # and not the config's learning rate
         _compare(osp.join(work, 'epoch_1.pth'), reference_run(cfg, micro_batches=4, iters=4))
+
+
+def test_sync_pipeline_under_mixed_precision(tiny_cls_root, tmp_path):
+    """``--amp`` on the CPU (``MixedPrecisionOptimWrapper``, bfloat16 autocast in every stage): the
+    stages train as the single-process run with the same wrapper."""
+    cfg = write_config(tmp_path / 'cfg.py', tiny_cls_root, cuts=(5,),
+                       extra="optim_wrapper = dict(type='MixedPrecisionOptimWrapper', optimizer=dict(lr=0.05))")
+    work = str(tmp_path / 'work')
+    spawn(cfg, work, 2)
+    ref = reference_run(cfg, micro_batches=4, iters=4)
+    _compare(osp.join(work, 'epoch_1.pth'), ref)
