@@ -142,8 +142,9 @@ def test_mmcv_ops_compute_in_float32_where_they_lack_the_type(dtype):
     assert keep.tolist() == [0, 2] and dets.dtype == dtype
 
 
-@pytest.mark.parametrize('scope', ['localvision', 'mmseg', 'mmdet'])
+@pytest.mark.parametrize('scope', sorted({'localvision'} | {tiny(n).scope for n in NAMES}))
 def test_built_from_config_in_every_scope(scope):
+    """The scopes of every task model's configs (and localvision's) find the wrapper."""
     from mmengine.registry import DefaultScope
     model = make_model(k=2)
     with DefaultScope.overwrite_default_scope(scope):
