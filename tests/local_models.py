@@ -39,6 +39,13 @@ def local_model_classes() -> Dict[str, type]:
     return found
 
 
+def task_model_params(quick: str = 'LocalImageClassifier') -> list:
+    """Every task model's name for ``pytest.mark.parametrize``: ``quick`` in the quick set
+    (``pytest -m "not slow"``), the others marked slow."""
+    import pytest
+    return [n if n == quick else pytest.param(n, marks=pytest.mark.slow) for n in sorted(local_model_classes())]
+
+
 def free_port() -> int:
     """A free TCP port on localhost (for a process group's rendezvous)."""
     with socket.socket() as s:

@@ -123,7 +123,9 @@ def _forward_in_float32(forward: Callable) -> Callable:
             for device_type in {a.device.type for a in low}:
                 stack.enter_context(torch.autocast(device_type, enabled=False))
             out = forward(ctx, *map(_float32, args), **{k: _float32(v) for k, v in kwargs.items()})
-        back = lambda t: t.to(low[0].dtype) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t  # noqa: E731
+
+        def back(t: Any) -> Any:  # the float results in the type the op was given
+            return t.to(low[0].dtype) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t
         return type(out)(map(back, out)) if isinstance(out, (tuple, list)) else back(out)
     run.lv_float32 = True
     return run

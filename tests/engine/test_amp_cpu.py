@@ -8,7 +8,7 @@ from mmengine.optim import build_optim_wrapper
 
 from localvision.engine import MixedPrecisionOptimWrapper
 
-from local_models import build, local_model_classes, tiny
+from local_models import build, local_model_classes, task_model_params, tiny
 from test_executors import make_batch, make_model
 
 NAMES = sorted(local_model_classes())  # every task model in the registries
@@ -96,8 +96,7 @@ def test_checkpointing_under_bf16_gives_the_same_gradients():
         torch.testing.assert_close(g2[n], g1[n], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('name', [n if n == 'LocalImageClassifier' else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in NAMES])
+@pytest.mark.parametrize('name', task_model_params())
 def test_bf16_step_trains_every_task_model(name):
     """``--amp`` on the CPU for every task model (with ContSup context): the first convolution
     computes in bfloat16, the losses are finite and every module's parameters change. Mask R-CNN

@@ -28,7 +28,7 @@ def test_sync_pipeline_on_cuda_matches_single_process(tiny_cls_root, tmp_path, m
     ``'auto'`` must choose gloo (nccl would fail: it starts only on a real GPU)."""
     if gpus == 'pretend 1':
         if torch.cuda.is_available():
-            pytest.skip('a real GPU is here: the case with one GPU runs instead')
+            pytest.skip("a real GPU is here: the ('auto', 1) case runs on it instead")
         monkeypatch.setenv('LV_TEST_PRETEND_ONE_GPU', '1')
         monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
     elif torch.cuda.device_count() < gpus:

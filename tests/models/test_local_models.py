@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from mmengine.optim import OptimWrapper
 
-from local_models import build, free_port, local_model_classes, tiny
+from local_models import build, free_port, local_model_classes, task_model_params, tiny
 from localvision.structures import LocalContext
 
 NAMES = sorted(local_model_classes())
@@ -79,8 +79,7 @@ def test_no_gradient_crosses_a_cut(name, context):
 
 
 @pytest.mark.parametrize('context', [None, dict(type='ContSup', variant='R1E')], ids=['plain', 'contsup'])
-@pytest.mark.parametrize('name', [n if n == 'LocalImageClassifier' else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in NAMES])
+@pytest.mark.parametrize('name', task_model_params())
 def test_per_module_and_joint_backward_give_the_same_gradients(name, context):
     """The per-module loop (each module's backward before the next forward) computes the gradients
     of ``JointBackward`` (one backward of the summed losses), for every task model in the registries."""

@@ -13,7 +13,7 @@ from localvision.models.split.cuts import min_max_cuts
 from localvision.models.split.profiling import SplitProfile
 from localvision.utils.memory import PeakMemory
 
-from local_models import build, local_model_classes, tiny
+from local_models import build, local_model_classes, task_model_params, tiny
 
 NAMES = sorted(local_model_classes())  # every task model in the registries
 CKPT = {'backbone.grad_checkpointing': True, 'local_objective.grad_checkpointing': True}
@@ -30,8 +30,7 @@ def one_iteration(model, batch) -> tuple:
     return grads, buffers
 
 
-@pytest.mark.parametrize('name', [n if n == 'LocalImageClassifier' else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in NAMES])
+@pytest.mark.parametrize('name', task_model_params())
 @pytest.mark.parametrize('k', [1, 2])
 def test_checkpointing_gives_the_same_gradients_and_statistics(name, k):
     batch = tiny(name).batch(2)
